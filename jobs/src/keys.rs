@@ -1,0 +1,62 @@
+//! Every Redis key name Reprise uses, built in one place.
+//!
+//! The layout is a contract: operators and tests outside the project read it with `redis-cli`.
+//! The Lua scripts build one key themselves (the pod set of a job's *previous* owner, which is
+//! only known inside the script); `lua/common.lua` mirrors [`Keys::pod_jobs`] and the
+//! integration tests check that both agree.
+
+/// The prefix used when the configuration names none.
+pub const DEFAULT_PREFIX: &str = "reprise";
+
+/// Builds key names under one prefix, so tests and tenants can share a Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `{prefix}:job:{job_id}` — the job's hash.
+    pub fn job(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}", self.prefix)
+    }
+
+    /// `{prefix}:pod:{pod}:jobs` — the set of jobs `pod` owns while they are running.
+    pub fn pod_jobs(&self, pod: &str) -> String {
+        format!("{}:pod:{pod}:jobs", self.prefix)
+    }
+
+    /// `{prefix}:leases` — running jobs scored by lease expiry (epoch ms, Redis clock).
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.prefix)
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_contract() {
+        let keys = Keys::new("t1");
+        assert_eq!(keys.job("abc"), "t1:job:abc");
+        assert_eq!(keys.pod_jobs("pod-0"), "t1:pod:pod-0:jobs");
+        assert_eq!(keys.leases(), "t1:leases");
+        assert_eq!(Keys::default().prefix(), "reprise");
+    }
+}

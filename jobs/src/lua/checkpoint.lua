@@ -1,0 +1,16 @@
+-- Record an owner's progress and renew its lease.
+-- KEYS: 1 job hash, 2 leases zset
+-- ARGV: 1 job id, 2 fence, 3 '1' when an offset is given, 4 offset, 5 messages, 6 lease ttl (ms)
+-- Reply: 1 written, 0 fenced
+
+if fenced(KEYS[1], ARGV[2]) then
+  return 0
+end
+local now = now_ms()
+local lease = int(now + tonumber(ARGV[6]))
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], 'offset', ARGV[4])
+end
+redis.call('HSET', KEYS[1], 'messages', ARGV[5], 'updated_at', int(now), 'lease_expires_at', lease)
+redis.call('ZADD', KEYS[2], lease, ARGV[1])
+return 1

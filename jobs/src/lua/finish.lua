@@ -1,0 +1,29 @@
+-- Take a job out of `running`.
+-- KEYS: 1 job hash, 2 leases zset
+-- ARGV: 1 prefix, 2 job id, 3 fence, 4 new status, 5 '1' when an offset is given, 6 offset,
+--       7 messages, 8 '1' when an error is given, 9 error text
+-- Reply: 1 written, 0 fenced
+
+local job = KEYS[1]
+if fenced(job, ARGV[3]) then
+  return 0
+end
+local now = now_ms()
+local finished = ''
+if ARGV[4] == 'completed' or ARGV[4] == 'failed' then
+  finished = int(now)
+end
+redis.call('HSET', job, 'status', ARGV[4], 'messages', ARGV[7], 'updated_at', int(now),
+  'finished_at', finished, 'lease_expires_at', '')
+if ARGV[5] == '1' then
+  redis.call('HSET', job, 'offset', ARGV[6])
+end
+if ARGV[8] == '1' then
+  redis.call('HSET', job, 'last_error', ARGV[9])
+end
+local pod = redis.call('HGET', job, 'owner_pod')
+if pod then
+  redis.call('SREM', pod_jobs_key(ARGV[1], pod), ARGV[2])
+end
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1

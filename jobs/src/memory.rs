@@ -1,0 +1,258 @@
+//! The job store inside one process: the same semantics as [`RedisStore`](crate::RedisStore),
+//! for sidecars without Redis and as a fallback while Redis is down. Resuming then only works
+//! within the process.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use crate::model::duration_ms;
+use crate::{Checkpoint, Claim, Finish, JobRecord, JobStatus, JobStore, NewJob, StoreError, Write};
+
+/// A [`JobStore`] in a mutex-guarded map. Leases are timed by the monotonic clock; the epoch
+/// milliseconds in the records are for reading only.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    jobs: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: JobRecord,
+    /// Set while running.
+    lease_deadline: Option<Instant>,
+}
+
+/// One reading of both clocks, so a record's epoch times and its lease deadline agree.
+#[derive(Clone, Copy)]
+struct Now {
+    instant: Instant,
+    epoch_ms: u64,
+}
+
+impl Now {
+    fn read() -> Self {
+        Self {
+            instant: Instant::now(),
+            epoch_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(duration_ms)
+                .unwrap_or(0),
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // Every critical section below leaves the map consistent before anything can panic,
+        // so a poisoned lock still guards good data.
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Entry {
+    /// Gives the job's owner (and only it) access: right fence, still running.
+    fn owned(&mut self, fence: u64) -> Option<&mut Self> {
+        (self.record.fence == fence && self.record.status == JobStatus::Running).then_some(self)
+    }
+
+    /// Runs the job under `job.owner` with `fence` and a new lease.
+    fn own(&mut self, job: &NewJob, fence: u64, now: Now) {
+        let r = &mut self.record;
+        r.status = JobStatus::Running;
+        r.owner = job.owner.clone();
+        r.fence = fence;
+        r.updated_at_ms = now.epoch_ms;
+        r.finished_at_ms = None;
+        r.lease_expires_at_ms = Some(now.epoch_ms.saturating_add(duration_ms(job.lease_ttl)));
+        self.lease_deadline = Some(now.instant + job.lease_ttl);
+    }
+
+    fn checkpoint(&mut self, cp: &Checkpoint, now: Now) {
+        if let Some(offset) = &cp.offset {
+            self.record.offset = Some(offset.clone()).filter(|o| !o.is_empty());
+        }
+        self.record.messages = cp.messages;
+        self.record.updated_at_ms = now.epoch_ms;
+        self.record.lease_expires_at_ms =
+            Some(now.epoch_ms.saturating_add(duration_ms(cp.lease_ttl)));
+        self.lease_deadline = Some(now.instant + cp.lease_ttl);
+    }
+}
+
+fn fresh(job: &NewJob, fence: u64, now: Now) -> Entry {
+    let mut entry = Entry {
+        record: JobRecord {
+            job_id: job.job_id.clone(),
+            service: job.service.clone(),
+            method: job.method.clone(),
+            status: JobStatus::Running,
+            offset: None,
+            owner: job.owner.clone(),
+            fence,
+            started_at_ms: now.epoch_ms,
+            updated_at_ms: now.epoch_ms,
+            finished_at_ms: None,
+            messages: 0,
+            resumes: 0,
+            last_error: None,
+            request_b64: job.request_b64.clone(),
+            request_json: job.request_json.clone(),
+            lease_expires_at_ms: None,
+        },
+        lease_deadline: None,
+    };
+    entry.own(job, fence, now);
+    entry
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn claim(&self, job: &NewJob) -> Result<Claim, StoreError> {
+        let now = Now::read();
+        let mut jobs = self.lock();
+        let Some(entry) = jobs.get_mut(&job.job_id) else {
+            jobs.insert(job.job_id.clone(), fresh(job, 1, now));
+            return Ok(Claim::Fresh { fence: 1 });
+        };
+        let fence = entry.record.fence.saturating_add(1);
+        let previous_status = entry.record.status;
+        match previous_status {
+            JobStatus::Completed | JobStatus::Failed => {
+                *entry = fresh(job, fence, now);
+                return Ok(Claim::Fresh { fence });
+            }
+            JobStatus::Running => {
+                if let Some(deadline) = entry.lease_deadline.filter(|d| *d > now.instant) {
+                    return Ok(Claim::Busy {
+                        owner: entry.record.owner.clone(),
+                        lease_remaining: deadline - now.instant,
+                    });
+                }
+                // An expired lease means a dead owner: take the job over.
+            }
+            JobStatus::Interrupted | JobStatus::Orphaned => {}
+        }
+        entry.record.resumes = entry.record.resumes.saturating_add(1);
+        entry.own(job, fence, now);
+        Ok(Claim::Resumed {
+            fence,
+            offset: entry.record.offset.clone(),
+            messages: entry.record.messages,
+            previous_status,
+        })
+    }
+
+    async fn checkpoint(&self, cp: &Checkpoint) -> Result<Write, StoreError> {
+        Ok(self
+            .checkpoint_many(std::slice::from_ref(cp))
+            .await?
+            .pop()
+            .unwrap_or(Write::Fenced))
+    }
+
+    async fn checkpoint_many(&self, cps: &[Checkpoint]) -> Result<Vec<Write>, StoreError> {
+        let now = Now::read();
+        let mut jobs = self.lock();
+        Ok(cps
+            .iter()
+            .map(
+                |cp| match jobs.get_mut(&cp.job_id).and_then(|e| e.owned(cp.fence)) {
+                    Some(entry) => {
+                        entry.checkpoint(cp, now);
+                        Write::Ok
+                    }
+                    None => Write::Fenced,
+                },
+            )
+            .collect())
+    }
+
+    async fn note_resume(
+        &self,
+        job_id: &str,
+        fence: u64,
+        error: &str,
+    ) -> Result<Write, StoreError> {
+        let now = Now::read();
+        let mut jobs = self.lock();
+        let Some(entry) = jobs.get_mut(job_id).and_then(|e| e.owned(fence)) else {
+            return Ok(Write::Fenced);
+        };
+        let r = &mut entry.record;
+        r.resumes = r.resumes.saturating_add(1);
+        r.last_error = Some(error.to_owned()).filter(|e| !e.is_empty());
+        r.updated_at_ms = now.epoch_ms;
+        Ok(Write::Ok)
+    }
+
+    async fn finish(&self, f: &Finish) -> Result<Write, StoreError> {
+        if f.status == JobStatus::Running {
+            return Err(StoreError::InvalidFinish {
+                job_id: f.job_id.clone(),
+                status: f.status,
+            });
+        }
+        let now = Now::read();
+        let mut jobs = self.lock();
+        let Some(entry) = jobs.get_mut(&f.job_id).and_then(|e| e.owned(f.fence)) else {
+            return Ok(Write::Fenced);
+        };
+        let r = &mut entry.record;
+        r.status = f.status;
+        if let Some(offset) = &f.offset {
+            r.offset = Some(offset.clone()).filter(|o| !o.is_empty());
+        }
+        if let Some(error) = &f.error {
+            r.last_error = Some(error.clone()).filter(|e| !e.is_empty());
+        }
+        r.messages = f.messages;
+        r.updated_at_ms = now.epoch_ms;
+        r.finished_at_ms = f.status.is_terminal().then_some(now.epoch_ms);
+        r.lease_expires_at_ms = None;
+        entry.lease_deadline = None;
+        Ok(Write::Ok)
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.lock().get(job_id).map(|e| e.record.clone()))
+    }
+
+    async fn pod_jobs(&self, pod: &str) -> Result<Vec<String>, StoreError> {
+        let mut ids: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|e| e.record.status == JobStatus::Running && e.record.owner.pod == pod)
+            .map(|e| e.record.job_id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn expired_leases(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        let jobs = self.lock();
+        let mut expired: Vec<(Instant, &str)> = jobs
+            .values()
+            .filter(|e| e.record.status == JobStatus::Running)
+            .filter_map(|e| Some((e.lease_deadline?, e.record.job_id.as_str())))
+            .filter(|(deadline, _)| *deadline <= now)
+            .collect();
+        expired.sort();
+        Ok(expired
+            .into_iter()
+            .take(limit)
+            .map(|(_, id)| id.to_owned())
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

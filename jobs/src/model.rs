@@ -1,0 +1,137 @@
+//! The values that cross the [`JobStore`](crate::JobStore) API.
+
+use std::time::Duration;
+
+use crate::JobStatus;
+
+/// Who runs a job: the pod, and the sidecar process inside it (a restarted container in the
+/// same pod is a different instance, so it cannot mistake its predecessor's streams for its own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub pod: String,
+    pub instance: String,
+}
+
+impl Owner {
+    pub fn new(pod: impl Into<String>, instance: impl Into<String>) -> Self {
+        Self {
+            pod: pod.into(),
+            instance: instance.into(),
+        }
+    }
+}
+
+/// A call the sidecar wants to run as a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub job_id: String,
+    pub service: String,
+    pub method: String,
+    /// The original request, base64 of its protobuf bytes, so another pod can rebuild it.
+    pub request_b64: String,
+    /// A human-readable rendering of the request, for operators.
+    pub request_json: String,
+    pub owner: Owner,
+    /// How long the claim holds without a checkpoint before others may take the job over.
+    pub lease_ttl: Duration,
+}
+
+/// The outcome of [`JobStore::claim`](crate::JobStore::claim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The job is ours from the start: it was new, or a completed/failed job run again
+    /// (offset cleared, counters zeroed, `started_at` reset).
+    Fresh { fence: u64 },
+    /// The job is ours to continue from `offset`: it was interrupted, orphaned, or running
+    /// under an owner whose lease expired (`previous_status` is then `Running`).
+    Resumed {
+        fence: u64,
+        offset: Option<String>,
+        messages: u64,
+        previous_status: JobStatus,
+    },
+    /// Someone (possibly us, in another call) runs it under a live lease; nothing changed.
+    Busy {
+        owner: Owner,
+        lease_remaining: Duration,
+    },
+}
+
+impl Claim {
+    /// The fence to present on every later write, unless the claim failed.
+    pub fn fence(&self) -> Option<u64> {
+        match self {
+            Claim::Fresh { fence } | Claim::Resumed { fence, .. } => Some(*fence),
+            Claim::Busy { .. } => None,
+        }
+    }
+}
+
+/// The outcome of a fenced write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a fenced write means the job is no longer ours"]
+pub enum Write {
+    Ok,
+    /// The job's fence is no longer ours, it is not running, or it is gone: nothing was written.
+    Fenced,
+}
+
+impl Write {
+    pub fn is_ok(self) -> bool {
+        self == Write::Ok
+    }
+}
+
+/// An owner's progress report, which also renews its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub job_id: String,
+    pub fence: u64,
+    /// The last offset forwarded to the app; `None` keeps the stored one (nothing new yet).
+    pub offset: Option<String>,
+    /// How many messages have been forwarded to the app in total.
+    pub messages: u64,
+    pub lease_ttl: Duration,
+}
+
+/// How a job leaves `running`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    pub job_id: String,
+    pub fence: u64,
+    /// `Completed`, `Failed`, `Interrupted` or `Orphaned`; `Running` is rejected.
+    pub status: JobStatus,
+    /// The final offset; `None` keeps the stored one.
+    pub offset: Option<String>,
+    pub messages: u64,
+    /// Recorded as `last_error` when given; `None` keeps the stored one.
+    pub error: Option<String>,
+}
+
+/// A job's hash, typed. Timestamps are Unix epoch milliseconds from the store's clock
+/// (Redis `TIME` for the Redis store, so every pod agrees).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub service: String,
+    pub method: String,
+    pub status: JobStatus,
+    pub offset: Option<String>,
+    pub owner: Owner,
+    pub fence: u64,
+    pub started_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub messages: u64,
+    pub resumes: u64,
+    pub last_error: Option<String>,
+    pub request_b64: String,
+    pub request_json: String,
+    /// Meaningful while `running`; cleared when the job leaves it.
+    pub lease_expires_at_ms: Option<u64>,
+}
+
+/// Milliseconds as Redis and the hash count them; saturates instead of wrapping.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

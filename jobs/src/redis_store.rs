@@ -1,0 +1,269 @@
+//! The job store in Redis, shared by every pod (layout in [`Keys`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, ErrorKind, ServerErrorKind};
+
+use crate::model::duration_ms;
+use crate::scripts::{Scripts, decode_claim, flag};
+use crate::{
+    Checkpoint, Claim, Finish, JobRecord, JobStore, Keys, NewJob, StoreError, Write, record,
+    redact_url,
+};
+
+/// How long to wait for a connection, and for any reply. A store that does not answer within
+/// this is treated as down (see [`StoreError::is_unavailable`]) rather than stalling streams.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A [`JobStore`] in Redis. Cheap to clone; clones share one multiplexed connection, which
+/// reconnects by itself after Redis comes back.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    url: String,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("prefix", &self.keys.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` and checks that Redis answers, so a wrong URL fails at start-up.
+    /// Keys are named under `prefix` (see [`Keys`]).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let redacted = redact_url(url);
+        let connect_error = |source| StoreError::Connect {
+            url: redacted.clone(),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(connect_error)?;
+        // One plain attempt first: the manager retries a refused connection with backoff for
+        // seconds, while a wrong URL or password should fail start-up at once.
+        let probe = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let mut probe_conn = client
+            .get_multiplexed_async_connection_with_config(&probe)
+            .await
+            .map_err(connect_error)?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut probe_conn)
+            .await
+            .map_err(connect_error)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(connect_error)?;
+        let store = Self {
+            conn,
+            keys: Keys::new(prefix),
+            scripts: Arc::new(Scripts::new()),
+            url: redacted,
+        };
+        tracing::debug!(redis.url = %store.url, redis.prefix = %store.keys.prefix(), "connected to Redis");
+        Ok(store)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn fenced_write(
+        &self,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Write, StoreError> {
+        let written: i64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis(op))?;
+        Ok(write_from(written))
+    }
+
+    fn checkpoint_invocation<'a>(&'a self, cp: &'a Checkpoint) -> redis::ScriptInvocation<'a> {
+        let (has_offset, offset) = flag(cp.offset.as_deref());
+        let mut invocation = self.scripts.checkpoint.prepare_invoke();
+        invocation
+            .key(self.keys.job(&cp.job_id))
+            .key(self.keys.leases())
+            .arg(&cp.job_id)
+            .arg(cp.fence)
+            .arg(has_offset)
+            .arg(offset)
+            .arg(cp.messages)
+            .arg(duration_ms(cp.lease_ttl));
+        invocation
+    }
+}
+
+fn write_from(written: i64) -> Write {
+    if written == 1 {
+        Write::Ok
+    } else {
+        Write::Fenced
+    }
+}
+
+#[async_trait]
+impl JobStore for RedisStore {
+    async fn claim(&self, job: &NewJob) -> Result<Claim, StoreError> {
+        let reply: Vec<String> = self
+            .scripts
+            .claim
+            .key(self.keys.job(&job.job_id))
+            .key(self.keys.leases())
+            .key(self.keys.pod_jobs(&job.owner.pod))
+            .arg(self.keys.prefix())
+            .arg(&job.job_id)
+            .arg(&job.service)
+            .arg(&job.method)
+            .arg(&job.request_b64)
+            .arg(&job.request_json)
+            .arg(&job.owner.pod)
+            .arg(&job.owner.instance)
+            .arg(duration_ms(job.lease_ttl))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("claim"))?;
+        decode_claim(&job.job_id, &reply)
+    }
+
+    async fn checkpoint(&self, cp: &Checkpoint) -> Result<Write, StoreError> {
+        self.fenced_write("checkpoint", &self.checkpoint_invocation(cp))
+            .await
+    }
+
+    async fn checkpoint_many(&self, cps: &[Checkpoint]) -> Result<Vec<Write>, StoreError> {
+        if cps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let invocations: Vec<_> = cps
+            .iter()
+            .map(|cp| self.checkpoint_invocation(cp))
+            .collect();
+        let mut pipe = redis::pipe();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let mut conn = self.conn();
+        // A pipeline sends EVALSHA without the automatic reload single invocations do, so a
+        // Redis that lost its script cache (restart, SCRIPT FLUSH) gets the script once more.
+        // Re-running is safe: a checkpoint written twice with the same values is the same.
+        let written: Vec<i64> = match pipe.query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.scripts
+                    .checkpoint
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(StoreError::redis("checkpoint_many"))?;
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(StoreError::redis("checkpoint_many"))?
+            }
+            other => other.map_err(StoreError::redis("checkpoint_many"))?,
+        };
+        if written.len() != cps.len() {
+            return Err(StoreError::Protocol {
+                script: "checkpoint",
+                detail: format!("{} replies for {} checkpoints", written.len(), cps.len()),
+            });
+        }
+        Ok(written.into_iter().map(write_from).collect())
+    }
+
+    async fn note_resume(
+        &self,
+        job_id: &str,
+        fence: u64,
+        error: &str,
+    ) -> Result<Write, StoreError> {
+        let mut invocation = self.scripts.note_resume.prepare_invoke();
+        invocation.key(self.keys.job(job_id)).arg(fence).arg(error);
+        self.fenced_write("note_resume", &invocation).await
+    }
+
+    async fn finish(&self, f: &Finish) -> Result<Write, StoreError> {
+        if f.status == crate::JobStatus::Running {
+            return Err(StoreError::InvalidFinish {
+                job_id: f.job_id.clone(),
+                status: f.status,
+            });
+        }
+        let (has_offset, offset) = flag(f.offset.as_deref());
+        let (has_error, error) = flag(f.error.as_deref());
+        let mut invocation = self.scripts.finish.prepare_invoke();
+        invocation
+            .key(self.keys.job(&f.job_id))
+            .key(self.keys.leases())
+            .arg(self.keys.prefix())
+            .arg(&f.job_id)
+            .arg(f.fence)
+            .arg(f.status.as_str())
+            .arg(has_offset)
+            .arg(offset)
+            .arg(f.messages)
+            .arg(has_error)
+            .arg(error);
+        self.fenced_write("finish", &invocation).await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let hash: HashMap<String, String> = self
+            .conn()
+            .hgetall(self.keys.job(job_id))
+            .await
+            .map_err(StoreError::redis("get"))?;
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        record::parse(job_id, hash).map(Some)
+    }
+
+    async fn pod_jobs(&self, pod: &str) -> Result<Vec<String>, StoreError> {
+        let mut ids: Vec<String> = self
+            .conn()
+            .smembers(self.keys.pod_jobs(pod))
+            .await
+            .map_err(StoreError::redis("pod_jobs"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn expired_leases(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.scripts
+            .expired_leases
+            .key(self.keys.leases())
+            .arg(limit)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("expired_leases"))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn())
+            .await
+            .map(drop)
+            .map_err(StoreError::redis("ping"))
+    }
+}

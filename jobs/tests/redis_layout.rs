@@ -1,0 +1,248 @@
+//! The Redis key layout is a contract read by operators and outside tests with `redis-cli`:
+//! these tests read the raw keys rather than going through the store.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use redis::AsyncCommands;
+use reprise_jobs::{Claim, FIELDS, JobStatus, RedisStore, StoreError, Write};
+use support::{Fixture, checkpoint, finish, new_job, owner, wait_for_expiry, with_redis};
+
+const LONG: Duration = Duration::from_secs(30);
+
+async fn redis_now_ms(f: &mut Fixture) -> Result<u64> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut f.raw).await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+async fn hash(f: &mut Fixture, job_id: &str) -> Result<HashMap<String, String>> {
+    Ok(f.raw.hgetall(f.keys.job(job_id)).await?)
+}
+
+fn field<'a>(h: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
+    h.get(name)
+        .map(String::as_str)
+        .with_context(|| format!("field {name} missing from {h:?}"))
+}
+
+fn number(h: &HashMap<String, String>, name: &str) -> Result<u64> {
+    let text = field(h, name)?;
+    text.parse()
+        .with_context(|| format!("field {name} = {text:?} is not a number"))
+}
+
+async fn lease_score(f: &mut Fixture, job_id: &str) -> Result<Option<u64>> {
+    Ok(f.raw.zscore(f.keys.leases(), job_id).await?)
+}
+
+#[tokio::test]
+async fn fresh_claim_writes_the_documented_keys() -> Result<()> {
+    with_redis(|mut f| async move {
+        let job = new_job("j1", &owner("pod-a"), LONG);
+        let before = redis_now_ms(&mut f).await?;
+        assert_eq!(f.store.claim(&job).await?, Claim::Fresh { fence: 1 });
+        let after = redis_now_ms(&mut f).await?;
+
+        let h = hash(&mut f, "j1").await?;
+        let names: BTreeSet<&str> = h.keys().map(String::as_str).collect();
+        assert_eq!(names, FIELDS.into_iter().collect::<BTreeSet<_>>());
+        let expected = [
+            ("service", job.service.as_str()),
+            ("method", job.method.as_str()),
+            ("status", "running"),
+            ("offset", ""),
+            ("owner_pod", "pod-a"),
+            ("owner_instance", "pod-a-instance"),
+            ("fence", "1"),
+            ("finished_at", ""),
+            ("messages", "0"),
+            ("resumes", "0"),
+            ("last_error", ""),
+            ("request", job.request_b64.as_str()),
+            ("request_json", job.request_json.as_str()),
+        ];
+        for (name, value) in expected {
+            assert_eq!(field(&h, name)?, value, "field {name}");
+        }
+        // Times are Redis's own clock, in epoch milliseconds.
+        let started = number(&h, "started_at")?;
+        ensure!(
+            (before..=after).contains(&started),
+            "started_at {started} not in {before}..={after}"
+        );
+        assert_eq!(number(&h, "updated_at")?, started);
+        let lease = number(&h, "lease_expires_at")?;
+        assert_eq!(lease, started + 30_000);
+
+        let members: Vec<String> = f.raw.smembers(f.keys.pod_jobs("pod-a")).await?;
+        assert_eq!(members, ["j1"]);
+        assert_eq!(lease_score(&mut f, "j1").await?, Some(lease));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn checkpoint_moves_the_lease_score() -> Result<()> {
+    with_redis(|mut f| async move {
+        f.store.claim(&new_job("j1", &owner("pod-a"), LONG)).await?;
+        let first = lease_score(&mut f, "j1").await?.context("no lease")?;
+        assert_eq!(
+            f.store
+                .checkpoint(&checkpoint("j1", 1, Some("7"), 7))
+                .await?,
+            Write::Ok
+        );
+
+        let h = hash(&mut f, "j1").await?;
+        assert_eq!((field(&h, "offset")?, field(&h, "messages")?), ("7", "7"));
+        let lease = number(&h, "lease_expires_at")?;
+        assert_eq!(lease, number(&h, "updated_at")? + 60_000);
+        ensure!(lease > first, "lease did not move: {first} -> {lease}");
+        assert_eq!(lease_score(&mut f, "j1").await?, Some(lease));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn takeover_moves_the_job_between_pod_sets() -> Result<()> {
+    with_redis(|mut f| async move {
+        // The dead owner never cleans up; the script must find its set by name.
+        f.store
+            .claim(&new_job("j1", &owner("pod-a"), Duration::from_millis(200)))
+            .await?;
+        wait_for_expiry(&*f.store, "j1").await?;
+        let claim = f.store.claim(&new_job("j1", &owner("pod-b"), LONG)).await?;
+        assert!(
+            matches!(claim, Claim::Resumed { fence: 2, .. }),
+            "{claim:?}"
+        );
+
+        let old: Vec<String> = f.raw.smembers(f.keys.pod_jobs("pod-a")).await?;
+        let new: Vec<String> = f.raw.smembers(f.keys.pod_jobs("pod-b")).await?;
+        assert_eq!((old, new), (vec![], vec!["j1".to_owned()]));
+        let h = hash(&mut f, "j1").await?;
+        assert_eq!((field(&h, "fence")?, field(&h, "resumes")?), ("2", "1"));
+        let lease = number(&h, "lease_expires_at")?;
+        assert_eq!(lease_score(&mut f, "j1").await?, Some(lease));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn finish_removes_the_pod_set_and_lease_entries() -> Result<()> {
+    with_redis(|mut f| async move {
+        f.store.claim(&new_job("j1", &owner("pod-a"), LONG)).await?;
+        let end = finish("j1", 1, JobStatus::Completed, Some("3"));
+        assert_eq!(f.store.finish(&end).await?, Write::Ok);
+
+        let member: bool = f.raw.sismember(f.keys.pod_jobs("pod-a"), "j1").await?;
+        assert!(!member);
+        assert_eq!(lease_score(&mut f, "j1").await?, None);
+        let h = hash(&mut f, "j1").await?;
+        assert_eq!(field(&h, "status")?, "completed");
+        assert_eq!(field(&h, "lease_expires_at")?, "");
+        assert_eq!(number(&h, "finished_at")?, number(&h, "updated_at")?);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_garbage_hash_is_an_error_not_a_panic() -> Result<()> {
+    with_redis(|mut f| async move {
+        let job = f.keys.job("j1");
+        let _: () = f
+            .raw
+            .hset_multiple(
+                &job,
+                &[("status", "zombie"), ("fence", "3"), ("messages", "1")],
+            )
+            .await?;
+        let err = f
+            .store
+            .get("j1")
+            .await
+            .err()
+            .context("get accepted a bad status")?;
+        assert!(
+            matches!(
+                err,
+                StoreError::Corrupt {
+                    field: "status",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("zombie"), "{err}");
+
+        let claim = f.store.claim(&new_job("j1", &owner("pod-a"), LONG)).await;
+        assert!(
+            matches!(
+                claim,
+                Err(StoreError::Corrupt {
+                    field: "status",
+                    ..
+                })
+            ),
+            "{claim:?}"
+        );
+        let cp = checkpoint("j1", 3, Some("9"), 9);
+        assert_eq!(f.store.checkpoint(&cp).await?, Write::Fenced);
+        assert_eq!(field(&hash(&mut f, "j1").await?, "status")?, "zombie");
+
+        let _: () = f
+            .raw
+            .hset_multiple(&job, &[("status", "running"), ("fence", "x")])
+            .await?;
+        let claim = f.store.claim(&new_job("j1", &owner("pod-a"), LONG)).await;
+        assert!(
+            matches!(claim, Err(StoreError::Corrupt { field: "fence", .. })),
+            "{claim:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn checkpoint_many_survives_a_flushed_script_cache() -> Result<()> {
+    with_redis(|mut f| async move {
+        f.store.claim(&new_job("j1", &owner("pod-a"), LONG)).await?;
+        // What a Redis restart does to the script cache; pipelines do not reload by themselves.
+        redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .exec_async(&mut f.raw)
+            .await?;
+        let results = f
+            .store
+            .checkpoint_many(&[checkpoint("j1", 1, Some("4"), 4)])
+            .await?;
+        assert_eq!(results, [Write::Ok]);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn connect_errors_name_the_url_without_its_password() -> Result<()> {
+    let url = "redis://reprise:hunter2@127.0.0.1:1/0";
+    let err = RedisStore::connect(url, "test")
+        .await
+        .err()
+        .context("connected to a closed port")?;
+    let message = err.to_string();
+    assert!(
+        message.contains("redis://reprise:***@127.0.0.1:1/0"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(err.is_unavailable(), "{err:?}");
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Metrics and health: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (serving,
+//! store reachable, not draining) on `metrics_listen`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub method: String,
+    /// `passthrough` or `resumable`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub method: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+/// Every metric the sidecar exports. Hot-path counters are cloned once per stream, so a
+/// message costs an atomic add, never a label lookup.
+pub struct Metrics {
+    registry: Registry,
+    pub calls: Family<CallLabels, Counter>,
+    pub streams_active: Family<MethodLabels, Gauge>,
+    pub forwarded: Family<MethodLabels, Counter>,
+    pub dropped: Family<ReasonLabels, Counter>,
+    pub resumes: Family<ReasonLabels, Counter>,
+    pub jobs_finished: Family<ReasonLabels, Counter>,
+    pub checkpoint_writes: Counter,
+    pub checkpoint_fenced: Counter,
+    pub store_errors: Family<OpLabels, Counter>,
+    pub store_degraded: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("reprise");
+        let m = Metrics {
+            calls: Family::default(),
+            streams_active: Family::default(),
+            forwarded: Family::default(),
+            dropped: Family::default(),
+            resumes: Family::default(),
+            jobs_finished: Family::default(),
+            checkpoint_writes: Counter::default(),
+            checkpoint_fenced: Counter::default(),
+            store_errors: Family::default(),
+            store_degraded: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "calls",
+            "Calls received from the app, by method and kind (passthrough, resumable)",
+            m.calls.clone(),
+        );
+        registry.register(
+            "streams_active",
+            "Resumable streams in flight",
+            m.streams_active.clone(),
+        );
+        registry.register(
+            "messages_forwarded",
+            "Messages of resumable streams forwarded to the app",
+            m.forwarded.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Messages of resumable streams not forwarded, by reason (duplicate, out_of_order, malformed, missing_offset, oversized)",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "resumes",
+            "Upstream breaks a stream resumed from, by cause",
+            m.resumes.clone(),
+        );
+        registry.register(
+            "jobs_finished",
+            "Resumable calls that ended, by job status (completed, failed, interrupted)",
+            m.jobs_finished.clone(),
+        );
+        registry.register(
+            "checkpoint_writes",
+            "Offset checkpoints written to the job store",
+            m.checkpoint_writes.clone(),
+        );
+        registry.register(
+            "checkpoint_fenced",
+            "Checkpoints refused because another owner holds the job",
+            m.checkpoint_fenced.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Job store operations that failed, by operation",
+            m.store_errors.clone(),
+        );
+        registry.register(
+            "store_degraded",
+            "1 while Redis is unreachable and offsets are kept in memory",
+            m.store_degraded.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Readiness inputs, flipped by the parts that know.
+#[derive(Default)]
+pub struct Health {
+    pub serving: AtomicBool,
+    pub draining: AtomicBool,
+    /// False while a configured Redis is unreachable.
+    pub store_ok: AtomicBool,
+}
+
+impl Health {
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.serving.load(Ordering::Relaxed) {
+            return Err("not serving yet");
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining");
+        }
+        if !self.store_ok.load(Ordering::Relaxed) {
+            return Err("job store (redis) unreachable; offsets kept in memory");
+        }
+        Ok(())
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin: accept failed");
+                    continue;
+                }
+            },
+        };
+        let (metrics, health) = (metrics.clone(), health.clone());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let res = respond(&req, &metrics, &health);
+            async move { Ok::<_, std::convert::Infallible>(res) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let (status, body, ctype) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/healthz" => (StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => match health.ready() {
+            Ok(()) => (StatusCode::OK, "ready\n".into(), "text/plain"),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+                "text/plain",
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /healthz, /readyz\n".into(),
+            "text/plain",
+        ),
+    };
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(ctype) {
+        res.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    res
+}
+
+/// Binds the admin port; a busy port is a start-up error naming the key.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("key `metrics_listen`: cannot bind {addr}: {e}"))
+}

@@ -1,0 +1,596 @@
+//! The sidecar's configuration: YAML file, `REPRISE_<KEY>` environment overrides, defaults.
+//!
+//! Parsing is done by hand over a YAML value (not `serde(deny_unknown_fields)`) so that every bad
+//! key or value is reported at once, each naming the key and what would have been valid.
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde_yaml::Value;
+
+/// Every top-level key, in the order the docs list them.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "upstream",
+    "descriptors",
+    "redis_url",
+    "amqp_url",
+    "key_prefix",
+    "service",
+    "pod_name",
+    "metrics_listen",
+    "checkpoint_interval",
+    "lease_ttl",
+    "shutdown_timeout",
+    "max_outage",
+    "reconnect_backoff",
+    "reconnect_backoff_max",
+    "max_message_bytes",
+    "log_format",
+    "streams",
+];
+
+const STREAM_KEYS: &[&str] = &[
+    "method",
+    "offset_field",
+    "resume_field",
+    "resume",
+    "retry_codes",
+    "max_outage",
+];
+
+/// gRPC status codes a stream may be configured to resume on (`retry_codes`).
+pub const RETRYABLE_CODE_NAMES: &[&str] = &[
+    "cancelled",
+    "unknown",
+    "deadline_exceeded",
+    "resource_exhausted",
+    "aborted",
+    "internal",
+    "unavailable",
+    "data_loss",
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: http::Uri,
+    pub descriptors: DescriptorSource,
+    pub redis_url: Option<String>,
+    pub amqp_url: Option<String>,
+    pub key_prefix: String,
+    pub service: String,
+    pub pod_name: String,
+    pub metrics_listen: SocketAddr,
+    pub checkpoint_interval: Duration,
+    pub lease_ttl: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_outage: Duration,
+    pub reconnect_backoff: Duration,
+    pub reconnect_backoff_max: Duration,
+    pub max_message_bytes: usize,
+    pub log_format: LogFormat,
+    pub streams: Vec<StreamConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DescriptorSource {
+    File(PathBuf),
+    /// Fetch from the upstream's gRPC server-reflection service at start-up.
+    Reflection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// The job waits, `interrupted`, until an app sends the matching request again.
+    OnRequest,
+    /// Another sidecar claims the job and hands the rest to its app's ResumeSink.
+    Deliver,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// `package.Service/Method`, without the leading slash.
+    pub method: String,
+    pub offset_field: String,
+    pub resume_field: String,
+    pub resume: ResumeMode,
+    /// gRPC codes (as numbers) that mean "the upstream broke, resume". Transport errors always do.
+    pub retry_codes: Vec<i32>,
+    pub max_outage: Duration,
+}
+
+/// All problems found in a configuration; `Display` prints one per line.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads `path` (if given), applies `REPRISE_<KEY>` overrides from `env`, fills defaults.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigErrors> {
+        let text = match path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => t,
+                Err(e) => {
+                    return Err(ConfigErrors(vec![format!(
+                        "config file {}: {e}",
+                        p.display()
+                    )]));
+                }
+            },
+            None => String::new(),
+        };
+        Self::parse(&text, env)
+    }
+
+    pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut map: BTreeMap<String, (Value, &'static str)> = BTreeMap::new();
+        let doc: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![format!("config: {e}")]))?
+        };
+        match doc {
+            Value::Null => {}
+            Value::Mapping(m) => {
+                for (k, v) in m {
+                    let Some(k) = k.as_str().map(str::to_owned) else {
+                        errors.push(format!("config: key {k:?} is not a string"));
+                        continue;
+                    };
+                    match KEYS.iter().find(|known| **known == k) {
+                        Some(known) => {
+                            map.insert(k, (v, known));
+                        }
+                        None => errors.push(unknown_key(&k, KEYS)),
+                    }
+                }
+            }
+            _ => errors.push("config: the top level must be a mapping of keys".into()),
+        }
+        for key in KEYS {
+            let var = format!("REPRISE_{}", key.to_uppercase());
+            if let Some(raw) = env.get(&var) {
+                // Env values are YAML too, so REPRISE_STREAMS can carry a list.
+                let v = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
+                map.insert((*key).to_owned(), (v, key));
+            }
+        }
+        let mut p = Parser {
+            map,
+            errors: &mut errors,
+        };
+
+        let listen = p.addr("listen", "127.0.0.1:15001");
+        let upstream = p.upstream();
+        let descriptors = p.descriptors();
+        let redis_url = p.opt_url("redis_url", &["redis", "rediss", "redis+unix", "unix"]);
+        let amqp_url = p.opt_url("amqp_url", &["amqp", "amqps"]);
+        let key_prefix = p.string("key_prefix", Some("reprise".into()));
+        let service = p.string("service", Some("default".into()));
+        let pod_name = p.string("pod_name", env.get("POD_NAME").cloned().or_else(hostname));
+        let metrics_listen = p.addr("metrics_listen", "127.0.0.1:15090");
+        let checkpoint_interval = p.duration("checkpoint_interval", "100ms");
+        let lease_ttl = p.duration("lease_ttl", "10s");
+        let shutdown_timeout = p.duration("shutdown_timeout", "20s");
+        let max_outage = p.duration("max_outage", "30s");
+        let reconnect_backoff = p.duration("reconnect_backoff", "50ms");
+        let reconnect_backoff_max = p.duration("reconnect_backoff_max", "2s");
+        let max_message_bytes = p.size("max_message_bytes", 4 * 1024 * 1024);
+        let log_format = match p.choice("log_format", &["text", "json"], "text").as_str() {
+            "json" => LogFormat::Json,
+            _ => LogFormat::Text,
+        };
+        let streams = p.streams(max_outage);
+
+        if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+            p.errors.push(format!(
+                "key `key_prefix`: {key_prefix:?} must be non-empty without spaces"
+            ));
+        }
+        if lease_ttl < checkpoint_interval * 2 {
+            p.errors.push(format!(
+                "key `lease_ttl`: {} must be at least twice `checkpoint_interval` ({}), or leases lapse between renewals",
+                humantime::format_duration(lease_ttl),
+                humantime::format_duration(checkpoint_interval)
+            ));
+        }
+        if !streams.is_empty() && descriptors.is_none() {
+            p.errors.push(
+                "key `descriptors`: required when `streams` are configured; valid: a FileDescriptorSet path, or `reflection`"
+                    .into(),
+            );
+        }
+        if reconnect_backoff > reconnect_backoff_max {
+            p.errors.push(
+                "key `reconnect_backoff`: must not exceed `reconnect_backoff_max`".to_owned(),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            listen,
+            upstream,
+            descriptors: descriptors.unwrap_or(DescriptorSource::Reflection),
+            redis_url,
+            amqp_url,
+            key_prefix,
+            service,
+            pod_name,
+            metrics_listen,
+            checkpoint_interval,
+            lease_ttl,
+            shutdown_timeout,
+            max_outage,
+            reconnect_backoff,
+            reconnect_backoff_max,
+            max_message_bytes,
+            log_format,
+            streams,
+        })
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+}
+
+fn unknown_key(key: &str, valid: &[&str]) -> String {
+    format!("unknown key `{key}`; valid keys: {}", valid.join(", "))
+}
+
+struct Parser<'a> {
+    map: BTreeMap<String, (Value, &'static str)>,
+    errors: &'a mut Vec<String>,
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl Parser<'_> {
+    fn raw(&self, key: &str) -> Option<&Value> {
+        self.map.get(key).map(|(v, _)| v).filter(|v| !v.is_null())
+    }
+
+    fn string(&mut self, key: &str, default: Option<String>) -> String {
+        match self.raw(key).map(scalar_string) {
+            Some(Some(s)) => s,
+            Some(None) => {
+                self.errors.push(format!("key `{key}`: expected a string"));
+                String::new()
+            }
+            None => default.unwrap_or_default(),
+        }
+    }
+
+    fn opt_url(&mut self, key: &str, schemes: &[&str]) -> Option<String> {
+        let s = self.string(key, None);
+        if s.is_empty() {
+            return None;
+        }
+        let scheme = s.split("://").next().unwrap_or_default();
+        if !s.contains("://") || !schemes.contains(&scheme) {
+            self.errors.push(format!(
+                "key `{key}`: {:?} is not a URL with a valid scheme; valid schemes: {}",
+                redact(&s),
+                schemes.join(", ")
+            ));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn addr(&mut self, key: &str, default: &str) -> SocketAddr {
+        let s = self.string(key, Some(default.into()));
+        s.parse().unwrap_or_else(|_| {
+            self.errors.push(format!(
+                "key `{key}`: {s:?} is not a socket address; valid: IP:PORT, e.g. {default}"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn upstream(&mut self) -> http::Uri {
+        let s = self.string("upstream", Some("http://127.0.0.1:50051".into()));
+        match s.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => u,
+            Ok(u) if u.scheme_str() == Some("https") => {
+                self.errors.push(format!(
+                    "key `upstream`: {s:?}: TLS to the upstream is not supported; valid: http://HOST:PORT (plaintext h2c; put TLS in the mesh)"
+                ));
+                u
+            }
+            _ => {
+                self.errors.push(format!(
+                    "key `upstream`: {s:?} is not valid; valid: http://HOST:PORT"
+                ));
+                http::Uri::from_static("http://127.0.0.1:50051")
+            }
+        }
+    }
+
+    fn descriptors(&mut self) -> Option<DescriptorSource> {
+        let s = self.string("descriptors", None);
+        match s.as_str() {
+            "" => None,
+            "reflection" => Some(DescriptorSource::Reflection),
+            path => Some(DescriptorSource::File(PathBuf::from(path))),
+        }
+    }
+
+    fn duration_value(&mut self, key: &str, s: &str) -> Option<Duration> {
+        match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.errors.push(format!(
+                    "key `{key}`: {s:?} is not a positive duration; valid: a number with a unit, e.g. 100ms, 10s, 5m"
+                ));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, default: &str) -> Duration {
+        let s = self.string(key, Some(default.into()));
+        self.duration_value(key, &s)
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    fn size(&mut self, key: &str, default: usize) -> usize {
+        match self.raw(key) {
+            None => default,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
+                n.as_u64().map_or(default, |n| n as usize)
+            }
+            Some(v) => {
+                self.errors.push(format!(
+                    "key `{key}`: {v:?} is not a positive number of bytes"
+                ));
+                default
+            }
+        }
+    }
+
+    fn choice(&mut self, key: &str, valid: &[&str], default: &str) -> String {
+        let s = self.string(key, Some(default.into()));
+        if !valid.contains(&s.as_str()) {
+            self.errors.push(format!(
+                "key `{key}`: {s:?} is not valid; valid: {}",
+                valid.join(", ")
+            ));
+        }
+        s
+    }
+
+    fn streams(&mut self, max_outage: Duration) -> Vec<StreamConfig> {
+        let items = match self.raw("streams") {
+            None => return Vec::new(),
+            Some(Value::Sequence(items)) => items.clone(),
+            Some(_) => {
+                self.errors
+                    .push("key `streams`: expected a list of stream entries".into());
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Value::Mapping(m) = item else {
+                self.errors
+                    .push(format!("key `streams[{i}]`: expected a mapping"));
+                continue;
+            };
+            let mut fields: BTreeMap<String, Value> = BTreeMap::new();
+            for (k, v) in m {
+                match k.as_str() {
+                    Some(k) if STREAM_KEYS.contains(&k) => {
+                        fields.insert(k.to_owned(), v.clone());
+                    }
+                    other => self.errors.push(format!(
+                        "key `streams[{i}].{}`: unknown; valid keys: {}",
+                        other.unwrap_or("?"),
+                        STREAM_KEYS.join(", ")
+                    )),
+                }
+            }
+            let mut req = |name: &str| -> String {
+                match fields.get(name).and_then(scalar_string) {
+                    Some(s) if !s.is_empty() => s,
+                    _ => {
+                        self.errors
+                            .push(format!("key `streams[{i}].{name}`: required"));
+                        String::new()
+                    }
+                }
+            };
+            let method = req("method").trim_start_matches('/').to_owned();
+            let offset_field = req("offset_field");
+            let resume_field = req("resume_field");
+            let resume = match fields.get("resume").and_then(scalar_string).as_deref() {
+                None | Some("on_request") => ResumeMode::OnRequest,
+                Some("deliver") => ResumeMode::Deliver,
+                Some(other) => {
+                    self.errors.push(format!(
+                        "key `streams[{i}].resume`: {other:?} is not valid; valid: on_request, deliver"
+                    ));
+                    ResumeMode::OnRequest
+                }
+            };
+            let retry_codes = match fields.get("retry_codes") {
+                None => vec![14],
+                Some(Value::Sequence(codes)) => codes
+                    .iter()
+                    .filter_map(|c| {
+                        let name = scalar_string(c).unwrap_or_default().to_lowercase();
+                        let code = code_from_name(&name);
+                        if code.is_none() {
+                            self.errors.push(format!(
+                                "key `streams[{i}].retry_codes`: {name:?} is not valid; valid: {}",
+                                RETRYABLE_CODE_NAMES.join(", ")
+                            ));
+                        }
+                        code
+                    })
+                    .collect(),
+                Some(_) => {
+                    self.errors.push(format!(
+                        "key `streams[{i}].retry_codes`: expected a list, e.g. [unavailable, internal]"
+                    ));
+                    vec![14]
+                }
+            };
+            let max_outage = match fields.get("max_outage").and_then(scalar_string) {
+                Some(s) => self
+                    .duration_value(&format!("streams[{i}].max_outage"), &s)
+                    .unwrap_or(max_outage),
+                None => max_outage,
+            };
+            if out.iter().any(|s: &StreamConfig| s.method == method) {
+                self.errors.push(format!(
+                    "key `streams[{i}].method`: {method:?} is configured twice"
+                ));
+            }
+            out.push(StreamConfig {
+                method,
+                offset_field,
+                resume_field,
+                resume,
+                retry_codes,
+                max_outage,
+            });
+        }
+        out
+    }
+}
+
+/// Numeric gRPC code for a retryable code name (`unavailable` → 14).
+pub fn code_from_name(name: &str) -> Option<i32> {
+    Some(match name {
+        "cancelled" => 1,
+        "unknown" => 2,
+        "deadline_exceeded" => 4,
+        "resource_exhausted" => 8,
+        "aborted" => 10,
+        "internal" => 13,
+        "unavailable" => 14,
+        "data_loss" => 15,
+        _ => return None,
+    })
+}
+
+/// A URL with its password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(yaml, &BTreeMap::new())
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = parse("").expect("empty config is valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:15001");
+        assert_eq!(c.upstream.to_string(), "http://127.0.0.1:50051/");
+        assert_eq!(c.key_prefix, "reprise");
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:15090");
+        assert_eq!(c.checkpoint_interval, Duration::from_millis(100));
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
+        assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_key_and_choices() {
+        let err = parse(
+            "listen: nope\nbogus: 1\ncheckpoint_interval: fast\nlog_format: xml\nstreams:\n  - method: a.B/C\n    offset_field: id\n    resume: later\n    colour: red\n",
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "key `listen`",
+            "unknown key `bogus`; valid keys: listen, upstream",
+            "key `checkpoint_interval`",
+            "valid: text, json",
+            "key `streams[0].resume_field`: required",
+            "valid: on_request, deliver",
+            "key `streams[0].colour`: unknown; valid keys: method",
+            "key `descriptors`: required",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_win_and_carry_yaml() {
+        let env = BTreeMap::from([
+            ("REPRISE_KEY_PREFIX".to_owned(), "t1".to_owned()),
+            ("REPRISE_LEASE_TTL".to_owned(), "3s".to_owned()),
+            (
+                "REPRISE_STREAMS".to_owned(),
+                "[{method: /a.B/C, offset_field: id, resume_field: after}]".to_owned(),
+            ),
+            ("REPRISE_DESCRIPTORS".to_owned(), "reflection".to_owned()),
+        ]);
+        let c = Config::parse("key_prefix: file\n", &env).expect("valid");
+        assert_eq!(c.key_prefix, "t1");
+        assert_eq!(c.lease_ttl, Duration::from_secs(3));
+        assert_eq!(c.streams[0].method, "a.B/C");
+        assert_eq!(c.streams[0].retry_codes, vec![14]);
+        assert_eq!(c.descriptors, DescriptorSource::Reflection);
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}

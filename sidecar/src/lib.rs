@@ -1,0 +1,19 @@
+//! `reprise-sidecar`: an in-pod gRPC proxy that passes every call through unchanged and makes
+//! configured server-streaming methods survive upstream failures by resuming them mid-stream.
+//!
+//! Module map, following the request path: [`server`] accepts the app's HTTP/2 connections,
+//! [`proxy`] routes each call, [`stream`] runs a resumable call (with [`offset`] reading each
+//! message's ordering key and [`request`] rewriting the request), [`checkpoint`] batches offset
+//! writes to the job [`store`]. [`config`], [`descriptors`], [`grpc`] and [`admin`] support them.
+
+pub mod admin;
+pub mod checkpoint;
+pub mod config;
+pub mod descriptors;
+pub mod grpc;
+pub mod offset;
+pub mod proxy;
+pub mod request;
+pub mod server;
+pub mod store;
+pub mod stream;

@@ -1,0 +1,188 @@
+//! The sidecar's view of the job store: Redis when configured and reachable, the in-process store
+//! otherwise. A Redis outage never stops a stream: new jobs go to memory (resumable within this
+//! process), the sidecar reports not-ready, and a probe flips back once Redis answers again.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use reprise_jobs::{
+    Checkpoint, Claim, Finish, JobStore, MemoryStore, NewJob, RedisStore, StoreError, Write,
+};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{Health, Metrics, OpLabels};
+
+/// Where one job's state lives; fixed at claim time for the life of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Redis,
+    Memory,
+}
+
+pub struct Store {
+    /// `(url, key_prefix)` when Redis is configured.
+    redis_config: Option<(String, String)>,
+    /// Set once the first connection succeeds; the connection manager reconnects after that.
+    redis: OnceCell<Arc<dyn JobStore>>,
+    memory: Arc<MemoryStore>,
+    degraded: AtomicBool,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl Store {
+    /// Connects to Redis if configured; when it is unreachable the sidecar starts anyway,
+    /// degraded (not ready, offsets in memory), and [`Store::watch_redis`] keeps trying.
+    pub async fn new(
+        redis_config: Option<(String, String)>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let store = Store {
+            redis_config,
+            redis: OnceCell::new(),
+            memory: Arc::new(MemoryStore::new()),
+            degraded: AtomicBool::new(false),
+            health,
+            metrics,
+        };
+        store.health.store_ok.store(true, Ordering::Relaxed);
+        if store.redis_config.is_some() && !store.connect().await {
+            store.metrics.store_degraded.set(1);
+            store.health.store_ok.store(false, Ordering::Relaxed);
+            store.degraded.store(true, Ordering::Relaxed);
+        }
+        store
+    }
+
+    async fn connect(&self) -> bool {
+        let Some((url, prefix)) = &self.redis_config else {
+            return false;
+        };
+        match RedisStore::connect(url, prefix).await {
+            Ok(r) => {
+                let _ = self.redis.set(Arc::new(r));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "job store: cannot reach redis; offsets kept in memory until it answers");
+                self.metrics
+                    .store_errors
+                    .get_or_create(&OpLabels { op: "connect" })
+                    .inc();
+                false
+            }
+        }
+    }
+
+    fn get(&self, backend: Backend) -> &dyn JobStore {
+        match (backend, self.redis.get()) {
+            (Backend::Redis, Some(r)) => r.as_ref(),
+            _ => self.memory.as_ref(),
+        }
+    }
+
+    fn failed(&self, op: &'static str, e: &StoreError) {
+        self.metrics
+            .store_errors
+            .get_or_create(&OpLabels { op })
+            .inc();
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, op, "job store: redis unreachable; keeping offsets in memory until it is back");
+            self.metrics.store_degraded.set(1);
+            self.health.store_ok.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Claims in Redis, or in memory while Redis is down.
+    pub async fn claim(&self, job: &NewJob) -> (Backend, Claim) {
+        if let Some(redis) = self.redis.get() {
+            if !self.degraded.load(Ordering::Relaxed) {
+                match redis.claim(job).await {
+                    Ok(c) => return (Backend::Redis, c),
+                    Err(e) => self.failed("claim", &e),
+                }
+            }
+        }
+        match self.memory.claim(job).await {
+            Ok(c) => (Backend::Memory, c),
+            // The in-process store cannot fail; treat it as a fresh run if it ever did.
+            Err(e) => {
+                tracing::error!(error = %e, "in-process job store failed");
+                (Backend::Memory, Claim::Fresh { fence: 0 })
+            }
+        }
+    }
+
+    pub async fn checkpoint_many(
+        &self,
+        backend: Backend,
+        cps: &[Checkpoint],
+    ) -> Option<Vec<Write>> {
+        match self.get(backend).checkpoint_many(cps).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.failed("checkpoint", &e);
+                None
+            }
+        }
+    }
+
+    pub async fn note_resume(&self, backend: Backend, job_id: &str, fence: u64, error: &str) {
+        if let Err(e) = self.get(backend).note_resume(job_id, fence, error).await {
+            self.failed("note_resume", &e);
+        }
+    }
+
+    pub async fn finish(&self, backend: Backend, f: &Finish) -> Option<Write> {
+        match self.get(backend).finish(f).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.failed("finish", &e);
+                None
+            }
+        }
+    }
+
+    /// Probes Redis every second while degraded (and every ten otherwise) and flips readiness.
+    pub async fn watch_redis(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.redis_config.is_none() {
+            return;
+        }
+        loop {
+            let pause = if self.degraded.load(Ordering::Relaxed) {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(10)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            let Some(redis) = self.redis.get() else {
+                if self.connect().await {
+                    self.recovered();
+                }
+                continue;
+            };
+            match redis.ping().await {
+                Ok(()) => self.recovered(),
+                Err(e) => self.failed("ping", &e),
+            }
+        }
+    }
+
+    fn recovered(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("job store: redis is reachable; new jobs are stored there");
+            self.metrics.store_degraded.set(0);
+            self.health.store_ok.store(true, Ordering::Relaxed);
+        }
+    }
+}

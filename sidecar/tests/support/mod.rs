@@ -1,0 +1,337 @@
+//! Shared test support: real processes (demo server, sidecar, demo clients) on loopback ports,
+//! a real Redis isolated by key prefix, and waits on conditions with deadlines.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const USERS_METHOD: &str = "demo.v1.UserService/ListUsers";
+pub const EVENTS_METHOD: &str = "demo.v1.EventService/StreamEvents";
+
+/// A built binary of the workspace (the test binary lives in target/<profile>/deps).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build every binary first (`cargo build --workspace --bins`, as scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `cond` until it holds or `within` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn wait_port(port: u16, within: Duration) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_until(&format!("port {port}"), within, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    });
+}
+
+/// A child process whose output goes to a log file; killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}-{}.log", unique()));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc { name: name.into(), child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let rc = send_signal(self.pid(), sig);
+        assert!(rc, "kill -{sig} {} ({})", self.name, self.pid());
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal(9);
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?}; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `kill(2)` through the `kill` command, keeping the tests free of unsafe code.
+pub fn send_signal(pid: i32, sig: i32) -> bool {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// One test's world: a temp dir, a key prefix, ports.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub prefix: String,
+    pub upstream_port: u16,
+    pub sidecar_port: u16,
+    pub metrics_port: u16,
+}
+
+impl World {
+    pub fn new() -> World {
+        let w = World {
+            dir: tempfile::tempdir().expect("tempdir"),
+            prefix: format!("test-{}", unique()),
+            upstream_port: free_port(),
+            sidecar_port: free_port(),
+            metrics_port: free_port(),
+        };
+        std::fs::write(w.descriptors(), reprise_proto::DEMO_DESCRIPTOR_SET).expect("descriptors");
+        w
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn descriptors(&self) -> PathBuf {
+        self.dir.path().join("demo.binpb")
+    }
+
+    pub fn target(&self) -> String {
+        format!("http://127.0.0.1:{}", self.sidecar_port)
+    }
+
+    /// Starts the demo server with extra flags and waits for its port.
+    pub fn server(&self, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin("demo-server"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.upstream_port))
+            .args(args);
+        let p = Proc::spawn("demo-server", &mut cmd, self.path());
+        wait_port(self.upstream_port, Duration::from_secs(20));
+        p
+    }
+
+    /// A config with both demo methods resumable; `extra` lines are appended verbatim.
+    pub fn config(&self, redis: bool, extra: &str) -> String {
+        let redis_line = if redis {
+            format!("redis_url: {}\n", redis_url())
+        } else {
+            String::new()
+        };
+        format!(
+            "listen: 127.0.0.1:{sp}\nupstream: http://127.0.0.1:{up}\ndescriptors: {desc}\n{redis_line}key_prefix: {prefix}\nservice: e2e\npod_name: pod-a\nmetrics_listen: 127.0.0.1:{mp}\ncheckpoint_interval: 50ms\nlease_ttl: 2s\nreconnect_backoff: 20ms\nreconnect_backoff_max: 200ms\nstreams:\n  - method: {USERS_METHOD}\n    offset_field: user_id\n    resume_field: after_user_id\n  - method: /{EVENTS_METHOD}\n    offset_field: cursor.seq\n    resume_field: start.after_seq\n{extra}",
+            sp = self.sidecar_port,
+            up = self.upstream_port,
+            desc = self.descriptors().display(),
+            prefix = self.prefix,
+            mp = self.metrics_port,
+        )
+    }
+
+    /// Starts the sidecar with `config` and waits until it accepts connections.
+    pub fn sidecar(&self, config: &str) -> Proc {
+        let path = self.path().join(format!("sidecar-{}.yaml", unique()));
+        std::fs::write(&path, config).expect("config");
+        let mut cmd = Command::new(bin("reprise-sidecar"));
+        cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+        let p = Proc::spawn("reprise-sidecar", &mut cmd, self.path());
+        wait_port(self.sidecar_port, Duration::from_secs(30));
+        p
+    }
+
+    /// Runs a demo-client subcommand to completion; returns its exit status and JSON summary.
+    pub fn client(&self, args: &[&str]) -> (ExitStatus, serde_json::Value) {
+        let out = Command::new(bin("demo-client"))
+            .arg("--target")
+            .arg(self.target())
+            .args(args)
+            .output()
+            .expect("run demo-client");
+        summary(out.status, &out.stdout, &out.stderr)
+    }
+
+    /// Starts a demo-client in the background (for killing it mid-stream).
+    pub fn client_proc(&self, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin("demo-client"));
+        cmd.arg("--target").arg(self.target()).args(args);
+        Proc::spawn("demo-client", &mut cmd, self.path())
+    }
+
+    pub fn redis(&self) -> redis::Connection {
+        redis::Client::open(redis_url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connection")
+    }
+
+    pub fn job_key(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    /// Every job id under this world's prefix.
+    pub fn job_ids(&self) -> Vec<String> {
+        let mut con = self.redis();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:job:*", self.prefix))
+            .query(&mut con)
+            .expect("KEYS");
+        let strip = format!("{}:job:", self.prefix);
+        keys.into_iter().map(|k| k[strip.len()..].to_owned()).collect()
+    }
+
+    pub fn job_field(&self, id: &str, field: &str) -> Option<String> {
+        let mut con = self.redis();
+        redis::cmd("HGET")
+            .arg(self.job_key(id))
+            .arg(field)
+            .query(&mut con)
+            .expect("HGET")
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics").1
+    }
+
+    /// The sum of a metric's samples whose line contains every `filters` string.
+    pub fn metric(&self, name: &str, filters: &[&str]) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Ok(mut con) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query(&mut con)
+                .unwrap_or_default();
+            for k in keys {
+                let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut con);
+            }
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Parses the one-line JSON summary a demo client prints last.
+pub fn summary(status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> (ExitStatus, serde_json::Value) {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{'));
+    let value = line
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON summary from the client (exit {status}); stdout:\n{text}\nstderr:\n{}",
+                String::from_utf8_lossy(stderr)
+            )
+        });
+    (status, value)
+}
+
+/// Lines of a file, e.g. a client's `--record` file.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::File::open(path)
+        .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
+        .unwrap_or_default()
+}
