@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
+    rt::{TokioExecutor, TokioTimer},
 };
 
 use crate::{
@@ -34,6 +34,7 @@ pub fn upstream_client() -> UpstreamClient {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
         .http2_only(true)
         // Detect a silently cut network (no RST, no FIN) on idle and busy connections alike.
         .http2_keep_alive_interval(Duration::from_secs(10))

@@ -456,13 +456,21 @@ impl Task {
             );
             let note = format!("{cause}: {error}");
             tokio::spawn(async move { store.note_resume(backend, &job_id, fence, &note).await });
-            let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            // Right after progress the upstream most likely moved (restart, rollout): retry at
+            // once. Repeated failures without progress back off exponentially, with jitter.
+            let jittered = if progressed {
+                Duration::ZERO
+            } else {
+                backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+            };
             tokio::select! {
                 _ = tokio::time::sleep(jittered) => {}
                 _ = app_gone(&mut self.head, &self.tx) => return Outcome::AppGone,
                 _ = self.ctx.shutdown.cancelled() => return Outcome::Shutdown,
             }
-            backoff = (backoff * 2).min(self.ctx.backoff_max);
+            if !progressed {
+                backoff = (backoff * 2).min(self.ctx.backoff_max);
+            }
         }
     }
 

@@ -44,7 +44,10 @@ pub fn free_port() -> u16 {
 pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -74,7 +77,11 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc { name: name.into(), child, log }
+        Proc {
+            name: name.into(),
+            child,
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -256,7 +263,9 @@ impl World {
             .query(&mut con)
             .expect("KEYS");
         let strip = format!("{}:job:", self.prefix);
-        keys.into_iter().map(|k| k[strip.len()..].to_owned()).collect()
+        keys.into_iter()
+            .map(|k| k[strip.len()..].to_owned())
+            .collect()
     }
 
     pub fn job_field(&self, id: &str, field: &str) -> Option<String> {
@@ -302,7 +311,10 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     let status = text
@@ -310,12 +322,19 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
 /// Parses the one-line JSON summary a demo client prints last.
-pub fn summary(status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> (ExitStatus, serde_json::Value) {
+pub fn summary(
+    status: ExitStatus,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> (ExitStatus, serde_json::Value) {
     let text = String::from_utf8_lossy(stdout);
     let line = text.lines().rev().find(|l| l.trim_start().starts_with('{'));
     let value = line

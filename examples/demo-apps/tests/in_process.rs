@@ -1,0 +1,346 @@
+//! The demo server and client against each other over loopback, in one process.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reprise_demo::client::{self, ChatOptions, EventsOptions, UsersOptions};
+use reprise_demo::server::Config;
+use reprise_demo::users::{demo_users, expected_user_ids};
+use support::{InProcess, connect};
+
+fn config(users: usize) -> Config {
+    Config {
+        users,
+        ..Config::default()
+    }
+}
+
+fn expect(n: usize) -> UsersOptions {
+    UsersOptions {
+        expect_users: Some(n),
+        ..UsersOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn users_arrive_exactly_with_every_filter() {
+    let server = InProcess::start(config(1000)).await;
+    let db = demo_users(1000);
+    let all = client::list_users(&server.conn(), &expect(1000))
+        .await
+        .expect("summary");
+    assert!(all.ok, "{all:?}");
+    assert_eq!(all.received, 1000);
+    assert_eq!(all.first, db[0].user_id);
+    assert_eq!(all.last, db[999].user_id);
+
+    let filtered = UsersOptions {
+        role: "member".into(),
+        after: db[100].user_id.clone(),
+        limit: 50,
+        labels: vec![("team".into(), "a".into())],
+        ..expect(1000)
+    };
+    let summary = client::list_users(&server.conn(), &filtered)
+        .await
+        .expect("summary");
+    assert!(summary.ok, "{summary:?}");
+    assert_eq!(summary.received, 50);
+
+    // Checking against the wrong database must fail: the check is not vacuous.
+    let wrong = client::list_users(&server.conn(), &expect(999))
+        .await
+        .expect("summary");
+    assert!(!wrong.ok);
+    assert_eq!(wrong.unexpected, 1);
+}
+
+#[tokio::test]
+async fn record_file_holds_every_received_id() {
+    let server = InProcess::start(config(200)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ids.txt");
+    let opts = UsersOptions {
+        record: Some(path.clone()),
+        ..expect(200)
+    };
+    let summary = client::list_users(&server.conn(), &opts)
+        .await
+        .expect("summary");
+    assert!(summary.ok, "{summary:?}");
+    let recorded = std::fs::read_to_string(&path).expect("record file");
+    let expected = expected_user_ids(&demo_users(200), "", "", 0, &HashSet::new());
+    assert_eq!(recorded.lines().collect::<Vec<_>>(), expected);
+}
+
+#[tokio::test]
+async fn a_panicking_user_is_skipped_and_the_stream_goes_on() {
+    let db = demo_users(300);
+    let bad: HashSet<String> = [db[10].user_id.clone(), db[200].user_id.clone()].into();
+    let server = InProcess::start(Config {
+        panic_on: bad.clone(),
+        ..config(300)
+    })
+    .await;
+    let naive = client::list_users(&server.conn(), &expect(300))
+        .await
+        .expect("summary");
+    assert_eq!(naive.status, "OK");
+    assert_eq!((naive.received, naive.missing), (298, 2));
+
+    let opts = UsersOptions {
+        skip: bad,
+        ..expect(300)
+    };
+    let summary = client::list_users(&server.conn(), &opts)
+        .await
+        .expect("summary");
+    assert!(summary.ok, "{summary:?}");
+}
+
+#[tokio::test]
+async fn unavailable_after_cuts_long_streams_only() {
+    let server = InProcess::start(Config {
+        unavailable_after: Some(40),
+        ..config(100)
+    })
+    .await;
+    let cut = client::list_users(&server.conn(), &expect(100))
+        .await
+        .expect("summary");
+    assert_eq!(cut.status, "UNAVAILABLE");
+    assert_eq!((cut.received, cut.missing), (40, 60));
+
+    // What a resume asks for: the rest after the last id, again cut after 40.
+    let db = demo_users(100);
+    let resumed = UsersOptions {
+        after: db[79].user_id.clone(),
+        ..expect(100)
+    };
+    let tail = client::list_users(&server.conn(), &resumed)
+        .await
+        .expect("summary");
+    assert!(
+        tail.ok,
+        "a stream with fewer messages left ends OK: {tail:?}"
+    );
+
+    let events = EventsOptions {
+        count: 100,
+        after: 30,
+        ..EventsOptions::default()
+    };
+    let summary = client::stream_events(&server.conn(), &events).await;
+    assert_eq!(summary.status, "UNAVAILABLE");
+    assert_eq!(
+        (summary.first.as_str(), summary.last.as_str()),
+        ("31", "70")
+    );
+}
+
+#[tokio::test]
+async fn inclusive_resends_the_resume_point() {
+    let server = InProcess::start(Config {
+        inclusive: true,
+        ..config(50)
+    })
+    .await;
+    let db = demo_users(50);
+    let opts = UsersOptions {
+        after: db[9].user_id.clone(),
+        ..expect(50)
+    };
+    let summary = client::list_users(&server.conn(), &opts)
+        .await
+        .expect("summary");
+    assert_eq!(summary.first, db[9].user_id);
+    assert_eq!((summary.received, summary.unexpected), (41, 1));
+
+    let events = EventsOptions {
+        count: 10,
+        after: 4,
+        ..EventsOptions::default()
+    };
+    let summary = client::stream_events(&server.conn(), &events).await;
+    assert_eq!(summary.first, "4");
+    assert_eq!(summary.unexpected, 1);
+}
+
+#[tokio::test]
+async fn events_arrive_exactly_with_payload_and_topic() {
+    let server = InProcess::start(config(0)).await;
+    let opts = EventsOptions {
+        count: 20_000,
+        payload_bytes: 100,
+        topic: "orders".into(),
+        after: 500,
+    };
+    let summary = client::stream_events(&server.conn(), &opts).await;
+    assert!(summary.ok, "{summary:?}");
+    assert_eq!(summary.received, 19_500);
+    assert_eq!(
+        (summary.first.as_str(), summary.last.as_str()),
+        ("501", "20000")
+    );
+
+    let too_big = EventsOptions {
+        payload_bytes: u32::MAX,
+        ..opts
+    };
+    let summary = client::stream_events(&server.conn(), &too_big).await;
+    assert_eq!(summary.status, "INVALID_ARGUMENT");
+}
+
+#[tokio::test]
+async fn echo_metadata_come_back_in_headers_and_error_trailers() {
+    let server = InProcess::start(config(10)).await;
+    let conn = connect(server.addr, &[("x-echo-trace", "t1"), ("other", "no")]);
+    let summary = client::list_users(&conn, &expect(10))
+        .await
+        .expect("summary");
+    assert_eq!(
+        summary.headers.get("x-echo-trace").map(String::as_str),
+        Some("t1")
+    );
+    assert!(!summary.headers.contains_key("other"));
+
+    let known = client::get_user(&conn, &demo_users(10)[3].user_id).await;
+    assert!(known.ok);
+    assert_eq!(
+        known.metadata.get("x-echo-trace").map(String::as_str),
+        Some("t1")
+    );
+
+    let conn = connect(
+        server.addr,
+        &[("x-echo-trace", "t2"), ("x-echo-blob-bin", "hi")],
+    );
+    let unknown = client::get_user(&conn, "no-such-user").await;
+    assert_eq!(unknown.status, "NOT_FOUND");
+    assert_eq!(
+        unknown.metadata.get("x-echo-trace").map(String::as_str),
+        Some("t2")
+    );
+    assert_eq!(
+        unknown.metadata.get("x-echo-blob-bin").map(String::as_str),
+        Some("6869")
+    );
+    let details = unknown.details_status.expect("grpc-status-details-bin");
+    assert_eq!(details.code, tonic::Code::NotFound as i32);
+}
+
+#[tokio::test]
+async fn chat_echoes_one_at_a_time_and_fails_on_request() {
+    let server = InProcess::start(config(0)).await;
+    let conn = connect(server.addr, &[("x-echo-room", "r")]);
+    let summary = client::chat(
+        &conn,
+        &ChatOptions {
+            count: 25,
+            fail_at: None,
+        },
+    )
+    .await;
+    assert!(summary.ok, "{summary:?}");
+    assert_eq!(summary.received, 25);
+
+    let failed = client::chat(
+        &conn,
+        &ChatOptions {
+            count: 25,
+            fail_at: Some(7),
+        },
+    )
+    .await;
+    assert!(failed.ok, "{failed:?}");
+    assert_eq!(failed.status, "INVALID_ARGUMENT");
+    assert_eq!(failed.received, 6);
+    assert_eq!(
+        failed.trailers.get("x-echo-room").map(String::as_str),
+        Some("r")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_with_unavailable() {
+    let server = InProcess::start(Config {
+        delay: Duration::from_millis(1),
+        ..config(100_000)
+    })
+    .await;
+    let conn = server.conn();
+    let record = tempfile::NamedTempFile::new().expect("tempfile");
+    let opts = UsersOptions {
+        record: Some(record.path().to_owned()),
+        ..expect(100_000)
+    };
+    let stream = tokio::spawn(async move { client::list_users(&conn, &opts).await });
+    // Shut down once the stream is under way: the record file has a line.
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(record.path()).map_or(0, |s| s.len()) == 0 {
+        assert!(start.elapsed() < support::DEADLINE, "stream never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.shutdown.cancel();
+    let summary = stream.await.expect("join").expect("summary");
+    assert_eq!(summary.status, "UNAVAILABLE", "{summary:?}");
+    assert_eq!(summary.message, "server shutting down");
+    assert!(summary.received < 100_000);
+    tokio::time::timeout(support::DEADLINE, server.task)
+        .await
+        .expect("server stops")
+        .expect("join")
+        .expect("serve");
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = InProcess::start(config(1)).await;
+    let channel = server.conn().channel();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "demo.v1.UserService".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("reflection reply")
+        .expect("one reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection reply {response:?}");
+    };
+    let names: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in [
+        "demo.v1.UserService",
+        "demo.v1.EventService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+}

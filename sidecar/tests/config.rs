@@ -1,0 +1,131 @@
+//! Start-up: bad configuration exits 2 naming the key and the valid choices; `--check`
+//! validates without serving; `descriptors: reflection` fetches from the upstream.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn run(w: &World, config: &str, extra: &[&str]) -> (i32, String) {
+    let path = w.path().join(format!("c-{}.yaml", unique()));
+    std::fs::write(&path, config).expect("write config");
+    let out = Command::new(bin("reprise-sidecar"))
+        .arg("--config")
+        .arg(&path)
+        .args(extra)
+        .output()
+        .expect("run sidecar");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn bad_configs_exit_2_naming_the_key_and_the_choices() {
+    let w = World::new();
+    let base = w.config(false, "");
+    let cases = [
+        (
+            format!("{base}colour: blue\n"),
+            vec!["unknown key `colour`", "valid keys: listen, upstream"],
+        ),
+        (
+            format!("{base}shutdown_timeout: soon\n"),
+            vec!["key `shutdown_timeout`", "e.g. 100ms"],
+        ),
+        (
+            base.replace("user_id\n", "id\n"),
+            vec![
+                "key `streams[0].offset_field`",
+                "valid fields: user_id, name",
+            ],
+        ),
+        (
+            base.replace("ListUsers", "ListUser"),
+            vec![
+                "key `streams[0].method`",
+                "valid methods: demo.v1.UserService/ListUsers",
+            ],
+        ),
+        (
+            base.replace(
+                "/demo.v1.EventService/StreamEvents",
+                "demo.v1.UserService/GetUser",
+            ),
+            vec!["is not server-streaming"],
+        ),
+        (
+            base.replace(
+                &w.descriptors().display().to_string(),
+                "/nonexistent/set.binpb",
+            ),
+            vec!["key `descriptors`", "cannot read"],
+        ),
+        (
+            format!("{base}    resume: later\n"),
+            vec!["key `streams[1].resume`", "valid: on_request, deliver"],
+        ),
+        (
+            format!("{base}redis_url: http://x\n"),
+            vec!["key `redis_url`", "valid schemes: redis"],
+        ),
+        ("streams: 3\n".to_owned(), vec!["key `streams`"]),
+    ];
+    for (config, needles) in cases {
+        let (code, text) = run(&w, &config, &[]);
+        assert_eq!(code, 2, "exit code for:\n{config}\noutput:\n{text}");
+        for n in needles {
+            assert!(text.contains(n), "{n:?} missing from:\n{text}");
+        }
+    }
+    // Two problems at once: both reported.
+    let (code, text) = run(&w, &format!("{base}colour: blue\nmax_outage: never\n"), &[]);
+    assert_eq!(code, 2);
+    assert!(
+        text.contains("colour") && text.contains("max_outage"),
+        "{text}"
+    );
+    // Env overrides are checked the same way.
+    let path = w.path().join("ok.yaml");
+    std::fs::write(&path, &base).expect("write");
+    let out = Command::new(bin("reprise-sidecar"))
+        .args(["--check", "--config"])
+        .arg(&path)
+        .env("REPRISE_SHUTDOWN_TIMEOUT", "forever")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key `shutdown_timeout`"));
+}
+
+#[test]
+fn check_validates_and_exits_0_without_serving() {
+    let w = World::new();
+    let (code, text) = run(&w, &w.config(false, ""), &["--check"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("2 resumable method(s)"), "{text}");
+    assert!(
+        text.contains(
+            "demo.v1.EventService/StreamEvents (offset cursor.seq, resume start.after_seq)"
+        )
+    );
+}
+
+#[test]
+fn descriptors_from_server_reflection() {
+    let w = World::new();
+    let _server = w.server(&["--users", "3000", "--unavailable-after", "1000"]);
+    let config = w
+        .config(true, "")
+        .replace(&w.descriptors().display().to_string(), "reflection");
+    let (code, text) = run(&w, &config, &["--check"]);
+    assert_eq!(code, 0, "{text}");
+    let _sidecar = w.sidecar(&config);
+    let (status, summary) = w.client(&["users", "--expect-users", "3000"]);
+    assert!(status.success(), "{summary}");
+    assert_eq!(summary["received"], 3000);
+}
