@@ -64,10 +64,10 @@ pub fn status_of(headers: &HeaderMap) -> Option<(i32, String)> {
 pub fn status_trailers(code: i32, message: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(GRPC_STATUS, HeaderValue::from(code));
-    if !message.is_empty() {
-        if let Ok(v) = HeaderValue::from_bytes(percent_encode(message).as_bytes()) {
-            h.insert(GRPC_MESSAGE, v);
-        }
+    if !message.is_empty()
+        && let Ok(v) = HeaderValue::from_bytes(percent_encode(message).as_bytes())
+    {
+        h.insert(GRPC_MESSAGE, v);
     }
     h
 }
@@ -116,12 +116,13 @@ fn percent_decode(b: &[u8]) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(&b[i + 1..i + 3]), 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(&b[i + 1..i + 3]), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;

@@ -102,12 +102,12 @@ impl Store {
 
     /// Claims in Redis, or in memory while Redis is down.
     pub async fn claim(&self, job: &NewJob) -> (Backend, Claim) {
-        if let Some(redis) = self.redis.get() {
-            if !self.degraded.load(Ordering::Relaxed) {
-                match redis.claim(job).await {
-                    Ok(c) => return (Backend::Redis, c),
-                    Err(e) => self.failed("claim", &e),
-                }
+        if let Some(redis) = self.redis.get()
+            && !self.degraded.load(Ordering::Relaxed)
+        {
+            match redis.claim(job).await {
+                Ok(c) => return (Backend::Redis, c),
+                Err(e) => self.failed("claim", &e),
             }
         }
         match self.memory.claim(job).await {

@@ -176,6 +176,7 @@ async fn events_arrive_exactly_with_payload_and_topic() {
         payload_bytes: 100,
         topic: "orders".into(),
         after: 500,
+        ..EventsOptions::default()
     };
     let summary = client::stream_events(&server.conn(), &opts).await;
     assert!(summary.ok, "{summary:?}");
