@@ -515,7 +515,8 @@ impl Task {
         if res.status() != http::StatusCode::OK {
             let code = grpc::code_for_http_status(res.status());
             let error = format!("upstream answered HTTP {}", res.status());
-            return self.status_step(code, error, grpc::status_trailers(code, ""), false);
+            let trailers = grpc::status_trailers(code, &format!("reprise: {error}"));
+            return self.status_step(code, error, trailers, false);
         }
         if let Some((code, message)) = grpc::status_of(res.headers()) {
             // Trailers-only: the whole reply is a status.
@@ -540,7 +541,10 @@ impl Task {
             }
         }
         let mut deframer = Deframer::new(self.ctx.max_message_bytes);
-        let mut seen: Option<Offset> = None;
+        // While nothing has been forwarded in this attempt, messages at or below the last
+        // forwarded offset are the server replaying the resume point: duplicates. After that,
+        // a message that goes backwards breaks the ordering contract.
+        let mut replaying = self.last.is_some();
         let mut progressed = false;
         loop {
             let frame = tokio::select! {
@@ -590,7 +594,7 @@ impl Task {
                 }
             };
             let before = self.messages;
-            let chunks = match self.filter(whole, gzip, &mut seen) {
+            let chunks = match self.filter(whole, gzip, &mut replaying) {
                 Ok(c) => c,
                 Err(outcome) => return Step::Done(outcome),
             };
@@ -648,7 +652,7 @@ impl Task {
         &mut self,
         whole: Bytes,
         gzip: bool,
-        seen: &mut Option<Offset>,
+        replaying: &mut bool,
     ) -> Result<Vec<Bytes>, Outcome> {
         let mut out = Vec::with_capacity(1);
         let mut run_start = 0;
@@ -699,8 +703,9 @@ impl Task {
                 }
             };
             let keep = self.last.as_ref().is_none_or(|last| offset > *last);
-            let backwards = seen.as_ref().is_some_and(|s| offset <= *s);
-            *seen = Some(offset.clone());
+            if keep {
+                *replaying = false;
+            }
             if keep && reframed.is_none() {
                 self.last = Some(offset);
                 self.messages += 1;
@@ -714,7 +719,7 @@ impl Task {
                 out.extend(reframed);
                 self.last = Some(offset);
                 self.messages += 1;
-            } else if backwards {
+            } else if !*replaying {
                 self.counters.out_of_order.inc();
                 self.out_of_order_logged += 1;
                 if self.out_of_order_logged <= 10 {

@@ -201,13 +201,21 @@ impl World {
 
     /// A config with both demo methods resumable; `extra` lines are appended verbatim.
     pub fn config(&self, redis: bool, extra: &str) -> String {
+        let streams = format!(
+            "  - method: {USERS_METHOD}\n    offset_field: user_id\n    resume_field: after_user_id\n  - method: /{EVENTS_METHOD}\n    offset_field: cursor.seq\n    resume_field: start.after_seq\n"
+        );
+        self.config_with_streams(redis, &streams, extra)
+    }
+
+    /// A config with the given `streams:` entries (YAML list items).
+    pub fn config_with_streams(&self, redis: bool, streams: &str, extra: &str) -> String {
         let redis_line = if redis {
             format!("redis_url: {}\n", redis_url())
         } else {
             String::new()
         };
         format!(
-            "listen: 127.0.0.1:{sp}\nupstream: http://127.0.0.1:{up}\ndescriptors: {desc}\n{redis_line}key_prefix: {prefix}\nservice: e2e\npod_name: pod-a\nmetrics_listen: 127.0.0.1:{mp}\ncheckpoint_interval: 50ms\nlease_ttl: 2s\nreconnect_backoff: 20ms\nreconnect_backoff_max: 200ms\nstreams:\n  - method: {USERS_METHOD}\n    offset_field: user_id\n    resume_field: after_user_id\n  - method: /{EVENTS_METHOD}\n    offset_field: cursor.seq\n    resume_field: start.after_seq\n{extra}",
+            "listen: 127.0.0.1:{sp}\nupstream: http://127.0.0.1:{up}\ndescriptors: {desc}\n{redis_line}key_prefix: {prefix}\nservice: e2e\npod_name: pod-a\nmetrics_listen: 127.0.0.1:{mp}\ncheckpoint_interval: 50ms\nlease_ttl: 2s\nreconnect_backoff: 20ms\nreconnect_backoff_max: 200ms\nstreams:\n{streams}{extra}",
             sp = self.sidecar_port,
             up = self.upstream_port,
             desc = self.descriptors().display(),

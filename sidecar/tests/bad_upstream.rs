@@ -1,0 +1,67 @@
+//! An upstream that breaks the contract: nothing is dropped silently. Out-of-order messages are
+//! dropped and counted; a message without its offset ends the call and fails the job.
+
+mod support;
+
+use support::*;
+
+#[test]
+fn out_of_order_messages_are_dropped_and_counted_never_silently() {
+    let w = World::new();
+    let _server = w.server(&["--users", "1000"]);
+    // created_at grows with the user's index, but users stream in user_id order: as an offset
+    // it goes up and down.
+    let streams = format!(
+        "  - method: {USERS_METHOD}\n    offset_field: created_at\n    resume_field: limit\n"
+    );
+    let _sidecar = w.sidecar(&w.config_with_streams(true, &streams, ""));
+    let (_, summary) = w.client(&["users"]);
+    let received = summary["received"].as_u64().expect("received");
+    let dropped = w.metric("reprise_messages_dropped_total", &[USERS_METHOD]);
+    let out_of_order = w.metric("reprise_messages_dropped_total", &["out_of_order"]);
+    let forwarded = w.metric("reprise_messages_forwarded_total", &[USERS_METHOD]);
+    assert!(out_of_order > 0.0, "{}", w.metrics());
+    assert_eq!(
+        out_of_order, dropped,
+        "no resume happened, so no drop is a duplicate"
+    );
+    assert_eq!(forwarded as u64, received);
+    assert_eq!(
+        forwarded + dropped,
+        1000.0,
+        "every message is either forwarded or counted"
+    );
+}
+
+#[test]
+fn a_message_without_its_offset_fails_the_job_with_a_clear_status() {
+    let w = World::new();
+    let _server = w.server(&[]);
+    // With payload_bytes 0 the payload field is absent from every event.
+    let streams = format!(
+        "  - method: {EVENTS_METHOD}\n    offset_field: payload\n    resume_field: topic\n"
+    );
+    let _sidecar = w.sidecar(&w.config_with_streams(true, &streams, ""));
+    let (status, summary) = w.client(&["events", "--count", "10", "--payload-bytes", "0"]);
+    assert!(!status.success());
+    assert_eq!(summary["status"], "INTERNAL", "{summary}");
+    assert_eq!(summary["received"], 0);
+    let message = summary["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("no offset field payload"), "{message}");
+    let ids = w.job_ids();
+    assert_eq!(ids.len(), 1);
+    assert!(
+        message.contains(&ids[0]),
+        "the status names the job: {message}"
+    );
+    assert_eq!(w.job_field(&ids[0], "status").as_deref(), Some("failed"));
+    let last_error = w.job_field(&ids[0], "last_error").unwrap_or_default();
+    assert!(
+        last_error.contains("no offset field payload"),
+        "{last_error}"
+    );
+    assert_eq!(
+        w.metric("reprise_messages_dropped_total", &["missing_offset"]),
+        1.0
+    );
+}
