@@ -7,8 +7,19 @@ pub mod demo {
     }
 }
 
+/// Reprise's own `reprise.v1` package: the `ResumeSink` callback apps implement.
+pub mod reprise {
+    pub mod v1 {
+        tonic::include_proto!("reprise.v1");
+    }
+}
+
 /// FileDescriptorSet (with imports) of `demo.v1`, as `protoc --include_imports
 /// --descriptor_set_out` writes it. The demo server serves it over gRPC reflection and
-/// `reprise-demo descriptors` writes it to disk for the sidecar's `descriptors:` key.
+/// `demo-server --write-descriptors FILE` writes it to disk for the sidecar's `descriptors:` key.
 pub const DEMO_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/demo_descriptor.binpb"));
+
+/// FileDescriptorSet of `reprise.v1`.
+pub const REPRISE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/reprise_descriptor.binpb"));

@@ -31,6 +31,9 @@ pub struct Slot {
     state: Mutex<SlotState>,
     /// Set when a write was refused: another owner holds the job now.
     lost: AtomicBool,
+    /// Set when the stream ended: a refusal after that is the final state winning a race with
+    /// this tick's snapshot, not another owner.
+    closed: AtomicBool,
 }
 
 struct SlotState {
@@ -72,6 +75,7 @@ pub struct SlotGuard {
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
+        self.slot.closed.store(true, Ordering::Relaxed);
         if let Ok(mut slots) = self.owner.slots.lock() {
             slots.remove(&self.id);
         }
@@ -114,6 +118,7 @@ impl Checkpointer {
                 last_write: Instant::now(),
             }),
             lost: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut slots) = self.slots.lock() {
@@ -178,9 +183,15 @@ impl Checkpointer {
                 }
                 continue;
             };
-            self.metrics.checkpoint_writes.inc_by(cps.len() as u64);
             for (slot, result) in slots.iter().zip(results) {
-                if result == Write::Fenced && !slot.lost.swap(true, Ordering::Relaxed) {
+                if result == Write::Ok {
+                    self.metrics.checkpoint_writes.inc();
+                    continue;
+                }
+                if slot.closed.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if !slot.lost.swap(true, Ordering::Relaxed) {
                     self.metrics.checkpoint_fenced.inc();
                     tracing::warn!(job.id = %slot.job_id, fence = slot.fence, "checkpoint refused: another owner holds this job now");
                 }

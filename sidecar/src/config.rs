@@ -21,6 +21,7 @@ pub const KEYS: &[&str] = &[
     "checkpoint_interval",
     "lease_ttl",
     "shutdown_timeout",
+    "drain_period",
     "max_outage",
     "reconnect_backoff",
     "reconnect_backoff_max",
@@ -64,6 +65,8 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub lease_ttl: Duration,
     pub shutdown_timeout: Duration,
+    /// Shutdown step 1: how long streams about to end may finish before they are interrupted.
+    pub drain_period: Duration,
     pub max_outage: Duration,
     pub reconnect_backoff: Duration,
     pub reconnect_backoff_max: Duration,
@@ -195,6 +198,7 @@ impl Config {
         let checkpoint_interval = p.duration("checkpoint_interval", "100ms");
         let lease_ttl = p.duration("lease_ttl", "10s");
         let shutdown_timeout = p.duration("shutdown_timeout", "20s");
+        let drain_period = p.duration_or_zero("drain_period", "1s");
         let max_outage = p.duration("max_outage", "30s");
         let reconnect_backoff = p.duration("reconnect_backoff", "50ms");
         let reconnect_backoff_max = p.duration("reconnect_backoff_max", "2s");
@@ -223,6 +227,13 @@ impl Config {
                     .into(),
             );
         }
+        if drain_period >= shutdown_timeout {
+            p.errors.push(format!(
+                "key `drain_period`: {} must be shorter than `shutdown_timeout` ({}), or streams are never handed off",
+                humantime::format_duration(drain_period),
+                humantime::format_duration(shutdown_timeout)
+            ));
+        }
         if reconnect_backoff > reconnect_backoff_max {
             p.errors.push(
                 "key `reconnect_backoff`: must not exceed `reconnect_backoff_max`".to_owned(),
@@ -244,6 +255,7 @@ impl Config {
             checkpoint_interval,
             lease_ttl,
             shutdown_timeout,
+            drain_period,
             max_outage,
             reconnect_backoff,
             reconnect_backoff_max,
@@ -367,6 +379,22 @@ impl Parser<'_> {
         let s = self.string(key, Some(default.into()));
         self.duration_value(key, &s)
             .unwrap_or(Duration::from_secs(1))
+    }
+
+    fn duration_or_zero(&mut self, key: &str, default: &str) -> Duration {
+        let s = self.string(key, Some(default.into()));
+        if s.trim() == "0" {
+            return Duration::ZERO;
+        }
+        match humantime::parse_duration(&s) {
+            Ok(d) => d,
+            Err(_) => {
+                self.errors.push(format!(
+                    "key `{key}`: {s:?} is not a duration; valid: 0 or a number with a unit, e.g. 500ms, 2s"
+                ));
+                Duration::ZERO
+            }
+        }
     }
 
     fn size(&mut self, key: &str, default: usize) -> usize {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response};
 use http_body_util::{BodyExt, Empty, combinators::UnsyncBoxBody};
 
@@ -195,18 +195,44 @@ impl Deframer {
         }
     }
 
-    /// Adds `chunk`; returns the bytes of every message now whole (possibly empty).
-    pub fn push(&mut self, chunk: Bytes) -> Result<Bytes, FrameError> {
-        if self.pending.is_empty() {
-            let whole = self.whole_prefix(&chunk)?;
-            if whole < chunk.len() {
-                self.pending.extend_from_slice(&chunk[whole..]);
+    /// Adds `chunk`; returns the bytes of every message now whole, as at most two buffers:
+    /// the message that was cut across chunks (completed by copying only its missing bytes),
+    /// then the whole messages of the rest of the chunk (a slice of it, not a copy).
+    pub fn push(&mut self, mut chunk: Bytes) -> Result<[Bytes; 2], FrameError> {
+        let mut straddler = Bytes::new();
+        if !self.pending.is_empty() {
+            // Complete the header first, then the message it announces.
+            if self.pending.len() < 5 {
+                let take = (5 - self.pending.len()).min(chunk.len());
+                self.pending.extend_from_slice(&chunk.split_to(take));
+                if self.pending.len() < 5 {
+                    return Ok([Bytes::new(), Bytes::new()]);
+                }
             }
-            return Ok(chunk.slice(..whole));
+            let len = self.header_len(&self.pending)?;
+            let take = (5 + len - self.pending.len()).min(chunk.len());
+            self.pending.extend_from_slice(&chunk.split_to(take));
+            if self.pending.len() < 5 + len {
+                return Ok([Bytes::new(), Bytes::new()]);
+            }
+            straddler = self.pending.split().freeze();
         }
-        self.pending.extend_from_slice(&chunk);
-        let whole = self.whole_prefix(&self.pending)?;
-        Ok(self.pending.split_to(whole).freeze())
+        let whole = self.whole_prefix(&chunk)?;
+        if whole < chunk.len() {
+            self.pending.extend_from_slice(&chunk[whole..]);
+        }
+        Ok([straddler, chunk.slice(..whole)])
+    }
+
+    fn header_len(&self, header: &[u8]) -> Result<usize, FrameError> {
+        if header[0] > 1 {
+            return Err(FrameError::BadFlag(header[0]));
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        Ok(len)
     }
 
     /// Bytes of a message started but not finished.
@@ -217,14 +243,7 @@ impl Deframer {
     fn whole_prefix(&self, buf: &[u8]) -> Result<usize, FrameError> {
         let mut pos = 0;
         while buf.len() - pos >= 5 {
-            let flag = buf[pos];
-            if flag > 1 {
-                return Err(FrameError::BadFlag(flag));
-            }
-            let len = (&buf[pos + 1..pos + 5]).get_u32() as usize;
-            if len > self.max {
-                return Err(FrameError::TooLarge { len, max: self.max });
-            }
+            let len = self.header_len(&buf[pos..pos + 5])?;
             if buf.len() - pos - 5 < len {
                 break;
             }
@@ -278,13 +297,24 @@ mod tests {
             let mut d = Deframer::new(1024);
             let mut out = Vec::new();
             for part in [&all[..cut], &all[cut..]] {
-                let whole = d.push(Bytes::copy_from_slice(part)).expect("valid");
-                out.extend(Messages::new(whole).map(|(_, m)| m));
+                for whole in d.push(Bytes::copy_from_slice(part)).expect("valid") {
+                    out.extend(Messages::new(whole).map(|(_, m)| m));
+                }
             }
             assert_eq!(out.len(), 5, "cut at {cut}");
             assert_eq!(out[4].as_ref(), &[4u8; 12]);
             assert_eq!(d.pending(), 0);
         }
+        // Byte by byte: every message still comes out whole, once.
+        let mut d = Deframer::new(1024);
+        let mut out = Vec::new();
+        for b in &all {
+            for whole in d.push(Bytes::copy_from_slice(&[*b])).expect("valid") {
+                out.extend(Messages::new(whole).map(|(_, m)| m));
+            }
+        }
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[3].as_ref(), &[3u8; 9]);
     }
 
     #[test]
@@ -293,6 +323,13 @@ mod tests {
         assert_eq!(
             d.push(frame(b"hello")),
             Err(FrameError::TooLarge { len: 5, max: 4 })
+        );
+        // Also when the oversized header arrives split across chunks.
+        let mut d = Deframer::new(4);
+        assert!(d.push(Bytes::from_static(&[0, 0, 0])).is_ok());
+        assert_eq!(
+            d.push(Bytes::from_static(&[0, 9, 1])),
+            Err(FrameError::TooLarge { len: 9, max: 4 })
         );
         let mut d = Deframer::new(4);
         assert_eq!(

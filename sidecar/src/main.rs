@@ -14,12 +14,13 @@ use reprise_sidecar::{
     checkpoint::Checkpointer,
     config::{Config, DescriptorSource, LogFormat},
     descriptors,
+    events::Events,
     proxy::{self, Proxy},
     server,
+    shutdown::{self, Shutdown},
     store::Store,
     stream::StreamCtx,
 };
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 #[derive(Parser)]
@@ -146,6 +147,7 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         .clone()
         .map(|url| (url, config.key_prefix.clone()));
     let store = Arc::new(Store::new(redis, health.clone(), metrics.clone()).await);
+    let events = Arc::new(Events::default());
     let checkpointer = Arc::new(Checkpointer::new(
         store.clone(),
         metrics.clone(),
@@ -160,10 +162,15 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         .await
         .map_err(anyhow::Error::msg)?;
 
-    let shutdown = CancellationToken::new();
+    // Released at once: jobs an earlier sidecar of this pod left running (container restart).
+    store.release_previous_instances(&owner, &events).await;
+
+    let accept = CancellationToken::new();
+    let consumer = CancellationToken::new();
+    let interrupt = CancellationToken::new();
+    let background = CancellationToken::new();
     let streams = TaskTracker::new();
     let connections = TaskTracker::new();
-    let background = CancellationToken::new();
     let ctx = Arc::new(StreamCtx::new(
         proxy::upstream_client(),
         config.upstream.clone(),
@@ -173,7 +180,9 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         owner.clone(),
         config.service.clone(),
         &config,
-        shutdown.clone(),
+        interrupt.clone(),
+        accept.clone(),
+        events.clone(),
         streams.clone(),
     ));
     let proxy = Arc::new(Proxy::new(methods, ctx));
@@ -186,10 +195,10 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
     ));
     tokio::spawn(checkpointer.clone().run(background.clone()));
     tokio::spawn(store.clone().watch_redis(background.clone()));
-    let serving = tokio::spawn(server::serve(
+    tokio::spawn(server::serve(
         listener,
         proxy,
-        shutdown.clone(),
+        accept.clone(),
         connections.clone(),
     ));
     health
@@ -205,37 +214,24 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         "reprise-sidecar ready"
     );
 
-    wait_for_signal().await?;
-    tracing::info!("shutdown: not ready; no new streams");
-    health
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    shutdown.cancel();
-    streams.close();
-    connections.close();
-    let drained = tokio::time::timeout(config.shutdown_timeout, async {
-        streams.wait().await;
-        connections.wait().await;
-    })
+    shutdown::first_signal()
+        .await
+        .context("installing signal handlers")?;
+    let ending = Shutdown {
+        health,
+        accept,
+        drain_period: config.drain_period,
+        consumer,
+        interrupt,
+        streams,
+        connections,
+        events,
+        background,
+        timeout: config.shutdown_timeout,
+    }
+    .run()
     .await;
-    if drained.is_err() {
-        tracing::warn!(
-            timeout = %humantime::format_duration(config.shutdown_timeout),
-            "shutdown: deadline passed; exiting with streams still open (leases will expire)"
-        );
-    }
-    let _ = serving.await;
-    background.cancel();
-    tracing::info!("shutdown: done");
+    // A forced exit is still an orderly one: what is left is found through leases.
+    tracing::info!(?ending, "reprise-sidecar exiting");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("shutdown: SIGTERM received"),
-        _ = int.recv() => tracing::info!("shutdown: SIGINT received"),
-    }
-    Ok(())
 }

@@ -40,10 +40,11 @@ pub fn upstream_client() -> UpstreamClient {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .http2_keep_alive_timeout(Duration::from_secs(5))
         .http2_keep_alive_while_idle(true)
-        // A window of 1 MiB per stream keeps a fast stream busy; memory per slow stream stays
-        // bounded by it because h2 stops granting window until the app reads.
-        .http2_initial_stream_window_size(1 << 20)
-        .http2_initial_connection_window_size(4 << 20)
+        // 512 KiB per stream keeps one fast stream busy on loopback; the connection's 2 MiB
+        // caps what all streams together may have in flight. A slow app stops the window.
+        .http2_initial_stream_window_size(512 * 1024)
+        .http2_initial_connection_window_size(2 << 20)
+        // Large frames from the upstream mean fewer chunks to hand through the stream task.
         .http2_max_frame_size(64 * 1024)
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector)

@@ -21,9 +21,8 @@ pub async fn serve(
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .max_frame_size(64 * 1024)
+        .initial_stream_window_size(512 * 1024)
+        .initial_connection_window_size(2 << 20)
         .max_concurrent_streams(4096)
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));

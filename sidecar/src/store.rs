@@ -11,12 +11,16 @@ use std::{
 };
 
 use reprise_jobs::{
-    Checkpoint, Claim, Finish, JobStore, MemoryStore, NewJob, RedisStore, StoreError, Write,
+    Checkpoint, Claim, Finish, JobStatus, JobStore, MemoryStore, NewJob, Owner, RedisStore,
+    StoreError, Write,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{Health, Metrics, OpLabels};
+use crate::{
+    admin::{Health, Metrics, OpLabels},
+    events::{Events, JobEvent},
+};
 
 /// Where one job's state lives; fixed at claim time for the life of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,6 +178,68 @@ impl Store {
             match redis.ping().await {
                 Ok(()) => self.recovered(),
                 Err(e) => self.failed("ping", &e),
+            }
+        }
+    }
+
+    /// Jobs an earlier sidecar process of this pod left `running` (its container was OOM-killed
+    /// or restarted): mark them `interrupted` under their current fence, at once, and tell the
+    /// other pods. Without this they would wait for their leases to lapse.
+    pub async fn release_previous_instances(&self, owner: &Owner, events: &Events) {
+        let Some(redis) = self.redis.get() else {
+            return;
+        };
+        let ids = match redis.pod_jobs(&owner.pod).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.failed("release", &e);
+                return;
+            }
+        };
+        for id in ids {
+            let job = match redis.get(&id).await {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(job.id = %id, error = %e, "cannot read a job of this pod; leaving it to its lease");
+                    continue;
+                }
+            };
+            if job.status != JobStatus::Running || job.owner == *owner || job.owner.pod != owner.pod
+            {
+                continue;
+            }
+            let finish = Finish {
+                job_id: id.clone(),
+                fence: job.fence,
+                status: JobStatus::Interrupted,
+                offset: None,
+                messages: job.messages,
+                error: Some(format!(
+                    "released: sidecar instance {} of pod {} stopped without a handoff",
+                    job.owner.instance, job.owner.pod
+                )),
+            };
+            match redis.finish(&finish).await {
+                Ok(Write::Ok) => {
+                    tracing::info!(
+                        job.id = %id,
+                        previous.instance = %job.owner.instance,
+                        offset = job.offset.as_deref().unwrap_or(""),
+                        "released a job an earlier sidecar of this pod left running"
+                    );
+                    let event = JobEvent {
+                        job_id: &id,
+                        method: &job.method,
+                        offset: job.offset.as_deref(),
+                        fence: job.fence,
+                    };
+                    events
+                        .interrupted(&event, "previous sidecar instance stopped")
+                        .await;
+                }
+                Ok(Write::Fenced) => {}
+                Err(e) => self.failed("release", &e),
             }
         }
     }

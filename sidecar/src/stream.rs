@@ -34,6 +34,7 @@ use crate::{
     admin::{MethodLabels, Metrics, ReasonLabels},
     checkpoint::{Checkpointer, SlotGuard},
     descriptors::ResumableMethod,
+    events::{Events, JobEvent},
     grpc::{self, BoxError, Deframer, Messages, ProxyBody, code},
     offset::{self, Offset},
     proxy::{UpstreamClient, error_chain, strip_hop_by_hop, upstream_uri},
@@ -45,7 +46,7 @@ use crate::{
 pub const JOB_ID_HEADER: &str = "x-reprise-job-id";
 /// Response chunks buffered between the stream task and the app's connection. With HTTP/2 flow
 /// control on both sides this bounds a slow app's memory: ~this many chunks + one window.
-const CHANNEL_DEPTH: usize = 4;
+const CHANNEL_DEPTH: usize = 2;
 
 /// Everything a stream task needs, shared by all of them.
 pub struct StreamCtx {
@@ -60,8 +61,12 @@ pub struct StreamCtx {
     pub backoff: Duration,
     pub backoff_max: Duration,
     pub max_message_bytes: usize,
-    /// Cancelled on shutdown: every stream interrupts, checkpoints and ends its app call.
+    /// Cancelled on shutdown (step 3): every stream interrupts, checkpoints, publishes its
+    /// handoff event and ends its app call.
     pub shutdown: CancellationToken,
+    /// Cancelled at shutdown step 1: new resumable calls are refused.
+    pub draining: CancellationToken,
+    pub events: Arc<Events>,
     pub tracker: TaskTracker,
     active: Mutex<HashMap<String, ActiveJob>>,
 }
@@ -85,6 +90,8 @@ impl StreamCtx {
         service: String,
         config: &crate::config::Config,
         shutdown: CancellationToken,
+        draining: CancellationToken,
+        events: Arc<Events>,
         tracker: TaskTracker,
     ) -> Self {
         StreamCtx {
@@ -100,6 +107,8 @@ impl StreamCtx {
             backoff_max: config.reconnect_backoff_max,
             max_message_bytes: config.max_message_bytes,
             shutdown,
+            draining,
+            events,
             tracker,
             active: Mutex::new(HashMap::new()),
         }
@@ -115,6 +124,10 @@ pub async fn handle(
     method: Arc<ResumableMethod>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if ctx.draining.is_cancelled() {
+        // Shutdown has begun: the app's retry lands on another pod (or on this one restarted).
+        return grpc::trailers_only(code::UNAVAILABLE, "reprise: sidecar shutting down");
+    }
     match Task::prepare(ctx, method, req).await {
         Ok((task, head)) => {
             let span =
@@ -150,7 +163,8 @@ struct Task {
     head: Option<oneshot::Sender<Response<ProxyBody>>>,
     rx: Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
     tx: AppTx,
-    slot: SlotGuard,
+    /// Registered with the checkpointer while the job is ours and running.
+    slot: Option<SlotGuard>,
     done: CancellationToken,
     counters: Counters,
     /// Messages at or below the resume point dropped in the current attempt.
@@ -287,6 +301,7 @@ impl Task {
             lease_ttl: ctx.lease_ttl,
         };
         let mut job_id = base_id.clone();
+        let mut waited_for_lease = false;
         let (backend, fence, stored) = loop {
             if let Some(active) = ctx.active(&job_id) {
                 let app_gone = active.app.upgrade().is_none_or(|tx| tx.is_closed());
@@ -308,10 +323,23 @@ impl Task {
                         lease_remaining,
                     },
                 ) => {
+                    if owner != ctx.owner && !waited_for_lease {
+                        // Another owner: if it is dead its lease lapses and we take the job over;
+                        // if it renews, it is alive and this call becomes an independent job.
+                        waited_for_lease = true;
+                        tracing::info!(
+                            job.id = %job_id,
+                            owner.pod = %owner.pod,
+                            owner.instance = %owner.instance,
+                            lease_remaining_ms = lease_remaining.as_millis() as u64,
+                            "job is running under another owner; waiting for its lease"
+                        );
+                        tokio::time::sleep(lease_remaining + Duration::from_millis(50)).await;
+                        continue;
+                    }
                     tracing::info!(
                         job.id = %job_id,
                         owner.pod = %owner.pod,
-                        lease_remaining_ms = lease_remaining.as_millis() as u64,
                         "job is running under a live owner; serving this call as an independent job"
                     );
                     job_id = independent_id(&base_id);
@@ -377,7 +405,7 @@ impl Task {
                 head: Some(head_tx),
                 rx: Some(rx),
                 tx,
-                slot,
+                slot: Some(slot),
                 done,
                 counters,
                 attempt_duplicates: 0,
@@ -583,9 +611,8 @@ impl Task {
                     return self.status_step(code, message, trailers, progressed);
                 }
             };
-            let whole = match deframer.push(data) {
-                Ok(w) if w.is_empty() => continue,
-                Ok(w) => w,
+            let buffers = match deframer.push(data) {
+                Ok(b) => b,
                 Err(e) => {
                     self.counters.malformed.inc();
                     return Step::Done(Outcome::Failed {
@@ -594,10 +621,16 @@ impl Task {
                 }
             };
             let before = self.messages;
-            let chunks = match self.filter(whole, gzip, &mut replaying) {
-                Ok(c) => c,
-                Err(outcome) => return Step::Done(outcome),
-            };
+            let mut chunks = Vec::with_capacity(2);
+            for whole in buffers {
+                if whole.is_empty() {
+                    continue;
+                }
+                match self.filter(whole, gzip, &mut replaying) {
+                    Ok(c) => chunks.extend(c),
+                    Err(outcome) => return Step::Done(outcome),
+                }
+            }
             for chunk in chunks {
                 let sent = tokio::select! {
                     biased;
@@ -611,9 +644,11 @@ impl Task {
             if self.messages > before {
                 progressed = true;
                 self.counters.forwarded.inc_by(self.messages - before);
-                self.slot.slot.record(self.last.as_ref(), self.messages);
+                if let Some(slot) = &self.slot {
+                    slot.slot.record(self.last.as_ref(), self.messages);
+                }
             }
-            if self.slot.slot.lost() {
+            if self.slot.as_ref().is_some_and(|s| s.slot.lost()) {
                 return Step::Done(Outcome::Fenced);
             }
         }
@@ -817,44 +852,63 @@ impl Task {
                 )
             }
         };
+        // The job's state first, so that when the app sees the status the job already says
+        // what it holds (and, on shutdown, another pod has been told).
+        drop(self.slot.take());
+        let handoff =
+            matches!(status, Some(JobStatus::Interrupted)) && self.ctx.shutdown.is_cancelled();
+        if let Some(status) = status {
+            let finish = Finish {
+                job_id: self.job_id.clone(),
+                fence: self.fence,
+                status,
+                offset: offset_text.clone(),
+                messages: self.messages,
+                error: error.clone(),
+            };
+            let written = self.ctx.store.finish(self.backend, &finish).await;
+            if written == Some(reprise_jobs::Write::Fenced) {
+                tracing::warn!(job.id = %self.job_id, "final job state refused: another owner holds the job");
+            }
+            self.ctx
+                .metrics
+                .jobs_finished
+                .get_or_create(&ReasonLabels {
+                    method: self.method.name.clone(),
+                    reason: status.as_str(),
+                })
+                .inc();
+            let job = JobEvent {
+                job_id: &self.job_id,
+                method: &self.method.name,
+                offset: offset_text.as_deref(),
+                fence: self.fence,
+            };
+            match status {
+                // A handoff: wait for the broker's confirm (or the outbox) before the app's
+                // call ends, so the leaving pod has done its part when it exits.
+                JobStatus::Interrupted if handoff && written.is_some() => {
+                    self.ctx
+                        .events
+                        .interrupted(&job, "sidecar shutting down")
+                        .await;
+                }
+                JobStatus::Completed => self.ctx.events.completed(&job),
+                _ => {}
+            }
+        }
         if let Some(trailers) = app {
             self.reply(trailers).await;
         }
-        // Close the app's body now; the job write below is not the app's concern.
         let Task {
             ctx,
-            method,
             job_id,
-            fence,
-            backend,
             messages,
-            slot,
             done,
             tx,
             ..
         } = self;
         drop(tx);
-        drop(slot);
-        if let Some(status) = status {
-            let finish = Finish {
-                job_id: job_id.clone(),
-                fence,
-                status,
-                offset: offset_text.clone(),
-                messages,
-                error: error.clone(),
-            };
-            if ctx.store.finish(backend, &finish).await == Some(reprise_jobs::Write::Fenced) {
-                tracing::warn!(job.id = %job_id, "final job state refused: another owner holds the job");
-            }
-            ctx.metrics
-                .jobs_finished
-                .get_or_create(&ReasonLabels {
-                    method: method.name.clone(),
-                    reason: status.as_str(),
-                })
-                .inc();
-        }
         let level_error = error.as_deref().unwrap_or("");
         tracing::info!(
             job.id = %job_id,
@@ -925,7 +979,7 @@ async fn read_request(headers: &HeaderMap, body: Incoming, max: usize) -> Result
     })?;
     let bytes = collected.to_bytes();
     let mut deframer = Deframer::new(max);
-    let whole = deframer.push(bytes).map_err(|e| {
+    let [_, whole] = deframer.push(bytes).map_err(|e| {
         reject(
             code::INVALID_ARGUMENT,
             format!("reprise: bad request frame: {e}"),
