@@ -201,37 +201,79 @@ impl World {
 
     /// A config with both demo methods resumable; `extra` lines are appended verbatim.
     pub fn config(&self, redis: bool, extra: &str) -> String {
-        let streams = format!(
-            "  - method: {USERS_METHOD}\n    offset_field: user_id\n    resume_field: after_user_id\n  - method: /{EVENTS_METHOD}\n    offset_field: cursor.seq\n    resume_field: start.after_seq\n"
-        );
-        self.config_with_streams(redis, &streams, extra)
+        self.config_with_streams(redis, &Self::demo_streams(), extra)
     }
 
     /// A config with the given `streams:` entries (YAML list items).
     pub fn config_with_streams(&self, redis: bool, streams: &str, extra: &str) -> String {
+        self.config_as(
+            "pod-a",
+            self.sidecar_port,
+            self.metrics_port,
+            redis,
+            streams,
+            extra,
+        )
+    }
+
+    /// The config of one sidecar of the service `e2e`: its pod name and ports.
+    pub fn config_as(
+        &self,
+        pod: &str,
+        port: u16,
+        metrics_port: u16,
+        redis: bool,
+        streams: &str,
+        extra: &str,
+    ) -> String {
         let redis_line = if redis {
             format!("redis_url: {}\n", redis_url())
         } else {
             String::new()
         };
         format!(
-            "listen: 127.0.0.1:{sp}\nupstream: http://127.0.0.1:{up}\ndescriptors: {desc}\n{redis_line}key_prefix: {prefix}\nservice: e2e\npod_name: pod-a\nmetrics_listen: 127.0.0.1:{mp}\ncheckpoint_interval: 50ms\nlease_ttl: 2s\nreconnect_backoff: 20ms\nreconnect_backoff_max: 200ms\nstreams:\n{streams}{extra}",
-            sp = self.sidecar_port,
+            "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:{up}\ndescriptors: {desc}\n{redis_line}key_prefix: {prefix}\nservice: e2e\npod_name: {pod}\nmetrics_listen: 127.0.0.1:{metrics_port}\ncheckpoint_interval: 50ms\nlease_ttl: 2s\nreconnect_backoff: 20ms\nreconnect_backoff_max: 200ms\nstreams:\n{streams}{extra}",
             up = self.upstream_port,
             desc = self.descriptors().display(),
             prefix = self.prefix,
-            mp = self.metrics_port,
+        )
+    }
+
+    /// Both demo methods as resumable `streams:` entries.
+    pub fn demo_streams() -> String {
+        format!(
+            "  - method: {USERS_METHOD}\n    offset_field: user_id\n    resume_field: after_user_id\n  - method: /{EVENTS_METHOD}\n    offset_field: cursor.seq\n    resume_field: start.after_seq\n"
         )
     }
 
     /// Starts the sidecar with `config` and waits until it accepts connections.
     pub fn sidecar(&self, config: &str) -> Proc {
+        self.sidecar_on(self.sidecar_port, config)
+    }
+
+    /// Starts a sidecar listening on `port` (as its `config` says).
+    pub fn sidecar_on(&self, port: u16, config: &str) -> Proc {
         let path = self.path().join(format!("sidecar-{}.yaml", unique()));
         std::fs::write(&path, config).expect("config");
         let mut cmd = Command::new(bin("reprise-sidecar"));
         cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-        let p = Proc::spawn("reprise-sidecar", &mut cmd, self.path());
-        wait_port(self.sidecar_port, Duration::from_secs(30));
+        let mut p = Proc::spawn("reprise-sidecar", &mut cmd, self.path());
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!(
+                    "sidecar exited with {status} before listening:\n{}",
+                    p.log_text()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sidecar not listening on {port} after 30s:\n{}",
+                p.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         p
     }
 
@@ -248,9 +290,27 @@ impl World {
 
     /// Starts a demo-client in the background (for killing it mid-stream).
     pub fn client_proc(&self, args: &[&str]) -> Proc {
+        self.client_proc_at(self.sidecar_port, args)
+    }
+
+    /// A background demo-client whose target is the sidecar on `port`.
+    pub fn client_proc_at(&self, port: u16, args: &[&str]) -> Proc {
         let mut cmd = Command::new(bin("demo-client"));
-        cmd.arg("--target").arg(self.target()).args(args);
+        cmd.arg("--target")
+            .arg(format!("http://127.0.0.1:{port}"))
+            .args(args);
         Proc::spawn("demo-client", &mut cmd, self.path())
+    }
+
+    /// Runs a demo-client against the sidecar on `port`.
+    pub fn client_at(&self, port: u16, args: &[&str]) -> (ExitStatus, serde_json::Value) {
+        let out = Command::new(bin("demo-client"))
+            .arg("--target")
+            .arg(format!("http://127.0.0.1:{port}"))
+            .args(args)
+            .output()
+            .expect("run demo-client");
+        summary(out.status, &out.stdout, &out.stderr)
     }
 
     pub fn redis(&self) -> redis::Connection {

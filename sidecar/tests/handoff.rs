@@ -1,0 +1,195 @@
+//! SIGTERM: the sidecar interrupts its streams in order, saves offsets, and the job continues
+//! on another pod of the same service.
+
+mod support;
+
+use std::time::Duration;
+
+use reprise_demo::users::demo_users;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn admins(n: usize) -> Vec<String> {
+    demo_users(n)
+        .into_iter()
+        .filter(|u| u.role == "admin")
+        .map(|u| u.user_id)
+        .collect()
+}
+
+/// Asserts the shutdown steps appear in the log once each, in order.
+fn assert_steps_in_order(log: &str) {
+    let mut last = 0;
+    for step in 1..=5 {
+        let needle = format!("shutdown {step}/5");
+        assert_eq!(log.matches(&needle).count(), 1, "{needle} once in:\n{log}");
+        let at = log.find(&needle).unwrap_or_default();
+        assert!(at >= last, "{needle} out of order in:\n{log}");
+        last = at;
+    }
+}
+
+#[test]
+fn sigterm_hands_the_job_over_and_the_app_on_another_pod_gets_only_the_rest() {
+    let w = World::new();
+    let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
+    let streams = World::demo_streams();
+    let (b_port, b_metrics) = (free_port(), free_port());
+    let mut a =
+        w.sidecar(&w.config_as("pod-a", w.sidecar_port, w.metrics_port, true, &streams, ""));
+    let _b = w.sidecar_on(
+        b_port,
+        &w.config_as("pod-b", b_port, b_metrics, true, &streams, ""),
+    );
+
+    let first = w.path().join("first.txt");
+    let arg = first.to_string_lossy().to_string();
+    let mut app_a = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    wait_until("app on A streaming", LONG, || lines(&first).len() >= 2000);
+    a.signal(15);
+    let status = a.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "A exits 0:\n{}", a.log_text());
+    assert_steps_in_order(&a.log_text());
+
+    // A's app got a status after every message A forwarded, so it holds exactly what the
+    // saved offset says.
+    app_a.wait_exit(LONG);
+    let log = app_a.log_text();
+    assert!(
+        log.contains("UNAVAILABLE") && log.contains("shutting down"),
+        "{log}"
+    );
+    let got_a = lines(&first);
+    let ids = w.job_ids();
+    assert_eq!(ids.len(), 1);
+    let job = &ids[0];
+    assert_eq!(w.job_field(job, "status").as_deref(), Some("interrupted"));
+    assert_eq!(w.job_field(job, "offset").as_ref(), got_a.last());
+    assert_eq!(w.job_field(job, "messages"), Some(got_a.len().to_string()));
+
+    // The app, restarted on pod B, sends the same request and receives only the rest.
+    let second = w.path().join("second.txt");
+    let arg = second.to_string_lossy().to_string();
+    let (status, summary) = w.client_at(b_port, &["users", "--role", "admin", "--record", &arg]);
+    assert!(status.success(), "{summary}");
+    let all = admins(30000);
+    let got_b = lines(&second);
+    assert_eq!(got_a, all[..got_a.len()], "A's app: an in-order prefix");
+    assert_eq!(got_b, all[got_a.len()..], "B's app: exactly the rest");
+    assert_eq!(w.job_field(job, "status").as_deref(), Some("completed"));
+    assert_eq!(w.job_field(job, "owner_pod").as_deref(), Some("pod-b"));
+}
+
+#[test]
+fn a_restarted_sidecar_releases_jobs_its_previous_instance_left_running() {
+    let w = World::new();
+    let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
+    let config = w
+        .config(true, "")
+        .replace("lease_ttl: 2s", "lease_ttl: 60s");
+    let mut sidecar = w.sidecar(&config);
+    let record = w.path().join("ids.txt");
+    let arg = record.to_string_lossy().to_string();
+    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    wait_until("app streaming", LONG, || lines(&record).len() >= 1000);
+    // The container is OOM-killed: no handoff, the job stays `running` with a long lease.
+    sidecar.kill9();
+    app.wait_exit(LONG);
+    let job = w.job_ids().pop().expect("a job");
+    wait_until("checkpoint landed", LONG, || {
+        w.job_field(&job, "status").as_deref() == Some("running")
+    });
+    let fence: u64 = w
+        .job_field(&job, "fence")
+        .and_then(|f| f.parse().ok())
+        .expect("fence");
+
+    // Restarted in the same pod: releases the job at once, not after the 60 s lease.
+    let _sidecar = w.sidecar(&config);
+    wait_until("job released", Duration::from_secs(10), || {
+        w.job_field(&job, "status").as_deref() == Some("interrupted")
+    });
+    let last_error = w.job_field(&job, "last_error").unwrap_or_default();
+    assert!(
+        last_error.contains("stopped without a handoff"),
+        "{last_error}"
+    );
+    let (status, summary) = w.client(&["users", "--role", "admin"]);
+    assert!(status.success(), "{summary}");
+    let stored_messages: u64 = w
+        .job_field(&job, "messages")
+        .and_then(|m| m.parse().ok())
+        .expect("messages");
+    assert_eq!(
+        stored_messages, 10000,
+        "the job completed across the restart"
+    );
+    let fence_after: u64 = w
+        .job_field(&job, "fence")
+        .and_then(|f| f.parse().ok())
+        .expect("fence");
+    assert!(fence_after > fence);
+}
+
+#[test]
+fn a_request_for_a_job_whose_owner_died_waits_for_the_lease_then_takes_over() {
+    let w = World::new();
+    let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
+    let streams = World::demo_streams();
+    let (b_port, b_metrics) = (free_port(), free_port());
+    let mut a =
+        w.sidecar(&w.config_as("pod-a", w.sidecar_port, w.metrics_port, true, &streams, ""));
+    let _b = w.sidecar_on(
+        b_port,
+        &w.config_as("pod-b", b_port, b_metrics, true, &streams, ""),
+    );
+    let record = w.path().join("ids.txt");
+    let arg = record.to_string_lossy().to_string();
+    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    wait_until("app streaming", LONG, || lines(&record).len() >= 1000);
+    a.kill9();
+    app.wait_exit(LONG);
+    let job = w.job_ids().pop().expect("a job");
+    // Pod A's lease (2 s) is still live: B's request waits for it, then takes the job over.
+    let (status, summary) = w.client_at(b_port, &["users", "--role", "admin"]);
+    assert!(status.success(), "{summary}");
+    assert_eq!(
+        w.job_ids(),
+        vec![job.clone()],
+        "taken over, not an independent job"
+    );
+    assert_eq!(w.job_field(&job, "owner_pod").as_deref(), Some("pod-b"));
+    assert_eq!(w.job_field(&job, "messages").as_deref(), Some("10000"));
+}
+
+#[test]
+fn a_request_for_a_job_whose_owner_is_alive_runs_as_an_independent_job() {
+    let w = World::new();
+    let _server = w.server(&["--users", "30000", "--delay-us", "200"]);
+    let streams = World::demo_streams();
+    let (b_port, b_metrics) = (free_port(), free_port());
+    let _a = w.sidecar(&w.config_as("pod-a", w.sidecar_port, w.metrics_port, true, &streams, ""));
+    let _b = w.sidecar_on(
+        b_port,
+        &w.config_as("pod-b", b_port, b_metrics, true, &streams, ""),
+    );
+    let record = w.path().join("ids.txt");
+    let arg = record.to_string_lossy().to_string();
+    let mut app_a = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    wait_until("app on A streaming", LONG, || lines(&record).len() >= 500);
+    // A renews its lease while B's request waits: B runs its own job from the start.
+    let (status, summary) = w.client_at(
+        b_port,
+        &["users", "--role", "admin", "--expect-users", "30000"],
+    );
+    assert!(status.success(), "{summary}");
+    assert_eq!(summary["received"], 10000);
+    app_a.wait_exit(LONG);
+    assert!(
+        app_a.log_text().contains("\"ok\":true"),
+        "{}",
+        app_a.log_text()
+    );
+    assert_eq!(w.job_ids().len(), 2, "two live calls never share an offset");
+}
