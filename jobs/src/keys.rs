@@ -39,6 +39,23 @@ impl Keys {
     pub fn leases(&self) -> String {
         format!("{}:leases", self.prefix)
     }
+
+    /// `{prefix}:outbox` — a list of event JSON bodies (oldest first) that could not be
+    /// published while RabbitMQ was unreachable; drained by any pod once it is back.
+    pub fn outbox(&self) -> String {
+        format!("{}:outbox", self.prefix)
+    }
+
+    /// `{prefix}:outbox:dead` — outbox entries that can never be published (not an event this
+    /// build reads), kept for an operator instead of blocking the outbox.
+    pub fn outbox_dead(&self) -> String {
+        format!("{}:outbox:dead", self.prefix)
+    }
+
+    /// `{prefix}:outbox:lock` — held (with a TTL) by the one pod draining the outbox.
+    pub fn outbox_lock(&self) -> String {
+        format!("{}:outbox:lock", self.prefix)
+    }
 }
 
 impl Default for Keys {
@@ -57,6 +74,9 @@ mod tests {
         assert_eq!(keys.job("abc"), "t1:job:abc");
         assert_eq!(keys.pod_jobs("pod-0"), "t1:pod:pod-0:jobs");
         assert_eq!(keys.leases(), "t1:leases");
+        assert_eq!(keys.outbox(), "t1:outbox");
+        assert_eq!(keys.outbox_dead(), "t1:outbox:dead");
+        assert_eq!(keys.outbox_lock(), "t1:outbox:lock");
         assert_eq!(Keys::default().prefix(), "reprise");
     }
 }

@@ -13,21 +13,38 @@
 //! Every multi-step write in Redis is one Lua script, timed by Redis `TIME`. The scripts touch
 //! keys in different hash slots (and one they cannot declare in advance: a previous owner's pod
 //! set), so the Redis store needs a single Redis primary (standalone or Sentinel), not Cluster.
+//!
+//! Handoffs travel as [`Event`]s (a JSON contract, see `events.rs`) over RabbitMQ: an
+//! [`EventBus`] publishes them with confirms and consumes a service's shared resume queue,
+//! reconnecting by itself. Redis stays the truth; events only make progress fast. A
+//! [`Publisher`] falls back to a Redis [`Outbox`] while the broker is away, so an outage delays
+//! handoffs without losing them.
 
+mod bus;
 mod error;
+mod events;
 mod keys;
 mod memory;
 mod model;
+mod outbox;
+mod publisher;
 mod record;
 mod redis_store;
 mod scripts;
 mod status;
 mod store;
 
+pub use bus::{
+    BusConfig, BusError, BusNames, Consumer, ConsumerCanceller, DEFAULT_PREFETCH, EventBus,
+    Incoming, QueueType,
+};
 pub use error::{StoreError, redact_url};
+pub use events::{DecodeError, EVENT_VERSION, Event, EventKind};
 pub use keys::{DEFAULT_PREFIX, Keys};
 pub use memory::MemoryStore;
 pub use model::{Checkpoint, Claim, Finish, JobRecord, NewJob, Owner, Write};
+pub use outbox::{Outbox, OutboxError};
+pub use publisher::{PublishError, Publisher, Sent};
 pub use record::FIELDS;
 pub use redis_store::RedisStore;
 pub use status::{JobStatus, UnknownStatus};

@@ -112,41 +112,56 @@ fn fresh(job: &NewJob, fence: u64, now: Now) -> Entry {
     entry
 }
 
+/// The claim script's logic; `takeover_only` never creates or restarts a job (`None`).
+fn claim_in(jobs: &mut HashMap<String, Entry>, job: &NewJob, takeover_only: bool) -> Option<Claim> {
+    let now = Now::read();
+    let Some(entry) = jobs.get_mut(&job.job_id) else {
+        if takeover_only {
+            return None;
+        }
+        jobs.insert(job.job_id.clone(), fresh(job, 1, now));
+        return Some(Claim::Fresh { fence: 1 });
+    };
+    let fence = entry.record.fence.saturating_add(1);
+    let previous_status = entry.record.status;
+    match previous_status {
+        JobStatus::Completed | JobStatus::Failed => {
+            if takeover_only {
+                return None;
+            }
+            *entry = fresh(job, fence, now);
+            return Some(Claim::Fresh { fence });
+        }
+        JobStatus::Running => {
+            if let Some(deadline) = entry.lease_deadline.filter(|d| *d > now.instant) {
+                return Some(Claim::Busy {
+                    owner: entry.record.owner.clone(),
+                    lease_remaining: deadline - now.instant,
+                });
+            }
+            // An expired lease means a dead owner: take the job over.
+        }
+        JobStatus::Interrupted | JobStatus::Orphaned => {}
+    }
+    entry.record.resumes = entry.record.resumes.saturating_add(1);
+    entry.own(job, fence, now);
+    Some(Claim::Resumed {
+        fence,
+        offset: entry.record.offset.clone(),
+        messages: entry.record.messages,
+        previous_status,
+    })
+}
+
 #[async_trait]
 impl JobStore for MemoryStore {
+    async fn take_over(&self, job: &NewJob) -> Result<Option<Claim>, StoreError> {
+        Ok(claim_in(&mut self.lock(), job, true))
+    }
+
     async fn claim(&self, job: &NewJob) -> Result<Claim, StoreError> {
-        let now = Now::read();
-        let mut jobs = self.lock();
-        let Some(entry) = jobs.get_mut(&job.job_id) else {
-            jobs.insert(job.job_id.clone(), fresh(job, 1, now));
-            return Ok(Claim::Fresh { fence: 1 });
-        };
-        let fence = entry.record.fence.saturating_add(1);
-        let previous_status = entry.record.status;
-        match previous_status {
-            JobStatus::Completed | JobStatus::Failed => {
-                *entry = fresh(job, fence, now);
-                return Ok(Claim::Fresh { fence });
-            }
-            JobStatus::Running => {
-                if let Some(deadline) = entry.lease_deadline.filter(|d| *d > now.instant) {
-                    return Ok(Claim::Busy {
-                        owner: entry.record.owner.clone(),
-                        lease_remaining: deadline - now.instant,
-                    });
-                }
-                // An expired lease means a dead owner: take the job over.
-            }
-            JobStatus::Interrupted | JobStatus::Orphaned => {}
-        }
-        entry.record.resumes = entry.record.resumes.saturating_add(1);
-        entry.own(job, fence, now);
-        Ok(Claim::Resumed {
-            fence,
-            offset: entry.record.offset.clone(),
-            messages: entry.record.messages,
-            previous_status,
-        })
+        // Without `takeover_only` a claim always yields a Claim.
+        Ok(claim_in(&mut self.lock(), job, false).unwrap_or(Claim::Fresh { fence: 0 }))
     }
 
     async fn checkpoint(&self, cp: &Checkpoint) -> Result<Write, StoreError> {

@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, ErrorKind, ServerErrorKind};
 
 use crate::model::duration_ms;
-use crate::scripts::{Scripts, decode_claim, flag};
+use crate::scripts::{Scripts, decode_claim, decode_take_over, flag};
 use crate::{
     Checkpoint, Claim, Finish, JobRecord, JobStore, Keys, NewJob, StoreError, Write, record,
     redact_url,
@@ -41,6 +41,31 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
+    async fn invoke_claim(
+        &self,
+        job: &NewJob,
+        takeover_only: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        self.scripts
+            .claim
+            .key(self.keys.job(&job.job_id))
+            .key(self.keys.leases())
+            .key(self.keys.pod_jobs(&job.owner.pod))
+            .arg(self.keys.prefix())
+            .arg(&job.job_id)
+            .arg(&job.service)
+            .arg(&job.method)
+            .arg(&job.request_b64)
+            .arg(&job.request_json)
+            .arg(&job.owner.pod)
+            .arg(&job.owner.instance)
+            .arg(duration_ms(job.lease_ttl))
+            .arg(if takeover_only { "1" } else { "0" })
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("claim"))
+    }
+
     /// Connects to `url` and checks that Redis answers, so a wrong URL fails at start-up.
     /// Keys are named under `prefix` (see [`Keys`]).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
@@ -83,7 +108,7 @@ impl RedisStore {
         &self.keys
     }
 
-    fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
@@ -126,25 +151,13 @@ fn write_from(written: i64) -> Write {
 #[async_trait]
 impl JobStore for RedisStore {
     async fn claim(&self, job: &NewJob) -> Result<Claim, StoreError> {
-        let reply: Vec<String> = self
-            .scripts
-            .claim
-            .key(self.keys.job(&job.job_id))
-            .key(self.keys.leases())
-            .key(self.keys.pod_jobs(&job.owner.pod))
-            .arg(self.keys.prefix())
-            .arg(&job.job_id)
-            .arg(&job.service)
-            .arg(&job.method)
-            .arg(&job.request_b64)
-            .arg(&job.request_json)
-            .arg(&job.owner.pod)
-            .arg(&job.owner.instance)
-            .arg(duration_ms(job.lease_ttl))
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(StoreError::redis("claim"))?;
+        let reply = self.invoke_claim(job, false).await?;
         decode_claim(&job.job_id, &reply)
+    }
+
+    async fn take_over(&self, job: &NewJob) -> Result<Option<Claim>, StoreError> {
+        let reply = self.invoke_claim(job, true).await?;
+        decode_take_over(&job.job_id, &reply)
     }
 
     async fn checkpoint(&self, cp: &Checkpoint) -> Result<Write, StoreError> {

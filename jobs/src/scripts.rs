@@ -45,6 +45,17 @@ pub(crate) fn flag(value: Option<&str>) -> (&'static str, &str) {
 }
 
 /// Decodes the reply of `claim.lua` (its header documents the shapes).
+/// A takeover's reply: `None` when nothing waits to be resumed (`gone`).
+pub(crate) fn decode_take_over(
+    job_id: &str,
+    reply: &[String],
+) -> Result<Option<Claim>, StoreError> {
+    match reply {
+        [kind, _] if kind == "gone" => Ok(None),
+        _ => decode_claim(job_id, reply).map(Some),
+    }
+}
+
 pub(crate) fn decode_claim(job_id: &str, reply: &[String]) -> Result<Claim, StoreError> {
     let protocol = |detail: String| StoreError::Protocol {
         script: "claim",

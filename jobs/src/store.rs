@@ -16,6 +16,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// Takes a job for `job.owner`: see [`Claim`] for the cases.
     async fn claim(&self, job: &NewJob) -> Result<Claim, StoreError>;
 
+    /// A handoff's claim: like [`JobStore::claim`] for a job that waits to be resumed
+    /// (`interrupted`, `orphaned`, or `running` under a lapsed lease), but `None` for a job that
+    /// is absent, `completed` or `failed`: a takeover never creates or restarts a job.
+    async fn take_over(&self, job: &NewJob) -> Result<Option<Claim>, StoreError>;
+
     /// Offset checkpoint and lease renewal, fenced. One call is one round trip.
     async fn checkpoint(&self, cp: &Checkpoint) -> Result<Write, StoreError>;
 

@@ -43,6 +43,7 @@ on_both_stores!(
     checkpoint_many_mixes_ok_and_fenced,
     note_resume_counts_and_is_fenced,
     missing_jobs_and_ping,
+    take_over_only_claims_jobs_that_wait,
 );
 
 fn epoch_ms() -> Result<u64> {
@@ -407,5 +408,52 @@ async fn missing_jobs_and_ping(store: Arc<dyn JobStore>) -> Result<()> {
     let end = finish("nope", 1, JobStatus::Completed, None);
     assert_eq!(store.finish(&end).await?, Write::Fenced);
     assert_eq!(store.pod_jobs("pod-a").await?, Vec::<String>::new());
+    Ok(())
+}
+
+/// A handoff's claim never creates a job nor restarts a finished one; it takes over only what
+/// waits to be resumed, with the same fencing as a claim.
+async fn take_over_only_claims_jobs_that_wait(store: Arc<dyn JobStore>) -> Result<()> {
+    let (a, b) = (owner("pod-a"), owner("pod-b"));
+    assert_eq!(store.take_over(&new_job("absent", &b, LONG)).await?, None);
+    assert!(store.get("absent").await?.is_none(), "nothing created");
+
+    store.claim(&new_job("done", &a, LONG)).await?;
+    assert_eq!(
+        store
+            .finish(&finish("done", 1, JobStatus::Completed, Some("7")))
+            .await?,
+        Write::Ok
+    );
+    assert_eq!(store.take_over(&new_job("done", &b, LONG)).await?, None);
+    let r = record(&*store, "done").await?;
+    assert_eq!(
+        (r.status, r.offset.as_deref(), r.fence),
+        (JobStatus::Completed, Some("7"), 1)
+    );
+
+    store.claim(&new_job("live", &a, LONG)).await?;
+    assert!(matches!(
+        store.take_over(&new_job("live", &b, LONG)).await?,
+        Some(Claim::Busy { .. })
+    ));
+
+    store.claim(&new_job("waiting", &a, LONG)).await?;
+    assert_eq!(
+        store
+            .finish(&finish("waiting", 1, JobStatus::Interrupted, Some("3")))
+            .await?,
+        Write::Ok
+    );
+    let claimed = store.take_over(&new_job("waiting", &b, LONG)).await?;
+    ensure!(
+        matches!(
+            claimed,
+            Some(Claim::Resumed { fence: 2, ref offset, previous_status: JobStatus::Interrupted, .. })
+                if offset.as_deref() == Some("3")
+        ),
+        "unexpected {claimed:?}"
+    );
+    assert_eq!(record(&*store, "waiting").await?.owner, b);
     Ok(())
 }

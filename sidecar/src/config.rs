@@ -14,6 +14,7 @@ pub const KEYS: &[&str] = &[
     "descriptors",
     "redis_url",
     "amqp_url",
+    "resume_sink",
     "key_prefix",
     "service",
     "pod_name",
@@ -58,6 +59,8 @@ pub struct Config {
     pub descriptors: DescriptorSource,
     pub redis_url: Option<String>,
     pub amqp_url: Option<String>,
+    /// The app's `reprise.v1.ResumeSink` (deliver mode), e.g. http://127.0.0.1:15002.
+    pub resume_sink: Option<http::Uri>,
     pub key_prefix: String,
     pub service: String,
     pub pod_name: String,
@@ -190,7 +193,10 @@ impl Config {
         let upstream = p.upstream();
         let descriptors = p.descriptors();
         let redis_url = p.opt_url("redis_url", &["redis", "rediss", "redis+unix", "unix"]);
-        let amqp_url = p.opt_url("amqp_url", &["amqp", "amqps"]);
+        let amqp_url = p.opt_url("amqp_url", &["amqp"]);
+        let resume_sink = p
+            .opt_url("resume_sink", &["http"])
+            .and_then(|u| u.parse::<http::Uri>().ok());
         let key_prefix = p.string("key_prefix", Some("reprise".into()));
         let service = p.string("service", Some("default".into()));
         let pod_name = p.string("pod_name", env.get("POD_NAME").cloned().or_else(hostname));
@@ -221,6 +227,20 @@ impl Config {
                 humantime::format_duration(checkpoint_interval)
             ));
         }
+        if streams.iter().any(|s| s.resume == ResumeMode::Deliver) {
+            if resume_sink.is_none() {
+                p.errors.push(
+                    "key `resume_sink`: required when a stream has `resume: deliver`; valid: the app's ResumeSink address, e.g. http://127.0.0.1:15002"
+                        .into(),
+                );
+            }
+            if amqp_url.is_none() {
+                p.errors.push(
+                    "key `amqp_url`: required when a stream has `resume: deliver` (handoffs arrive as RabbitMQ events); valid: amqp://USER:PASS@HOST:5672/VHOST"
+                        .into(),
+                );
+            }
+        }
         if !streams.is_empty() && descriptors.is_none() {
             p.errors.push(
                 "key `descriptors`: required when `streams` are configured; valid: a FileDescriptorSet path, or `reflection`"
@@ -248,6 +268,7 @@ impl Config {
             descriptors: descriptors.unwrap_or(DescriptorSource::Reflection),
             redis_url,
             amqp_url,
+            resume_sink,
             key_prefix,
             service,
             pod_name,

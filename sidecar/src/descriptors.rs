@@ -204,12 +204,6 @@ fn resolve_one(
         )]);
     }
     let mut errors = Vec::new();
-    if s.resume == ResumeMode::Deliver {
-        // The ResumeSink handoff between pods is not part of this build yet.
-        errors.push(format!(
-            "key `{key}.resume`: `deliver` is not available in this version; valid: on_request"
-        ));
-    }
     let offset = field_path(
         &method.output(),
         &s.offset_field,

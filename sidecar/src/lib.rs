@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod checkpoint;
 pub mod config;
+pub mod deliver;
 pub mod descriptors;
 pub mod events;
 pub mod grpc;

@@ -4,7 +4,12 @@
 //! descriptors → job store → bind → serve → wait for SIGTERM/SIGINT → drain, bounded by
 //! `shutdown_timeout` → exit 0.
 
-use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -12,8 +17,8 @@ use reprise_jobs::Owner;
 use reprise_sidecar::{
     admin::{self, Health, Metrics},
     checkpoint::Checkpointer,
-    config::{Config, DescriptorSource, LogFormat},
-    descriptors,
+    config::{Config, DescriptorSource, LogFormat, ResumeMode},
+    descriptors::{self, ResumableMethod},
     events::Events,
     proxy::{self, Proxy},
     server,
@@ -147,7 +152,24 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         .clone()
         .map(|url| (url, config.key_prefix.clone()));
     let store = Arc::new(Store::new(redis, health.clone(), metrics.clone()).await);
-    let events = Arc::new(Events::default());
+    let events = Arc::new(match (&config.amqp_url, store.redis()) {
+        (Some(url), Some(redis)) => {
+            match Events::start(url, &config.key_prefix, &config.service, &owner, redis) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("reprise-sidecar: invalid configuration:\n{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        (Some(_), None) => {
+            tracing::error!(
+                "amqp_url is set but redis is unreachable at start-up: handoff events are disabled for this run (they need the Redis outbox)"
+            );
+            Events::disabled(&config.service, &owner)
+        }
+        (None, _) => Events::disabled(&config.service, &owner),
+    });
     let checkpointer = Arc::new(Checkpointer::new(
         store.clone(),
         metrics.clone(),
@@ -185,7 +207,13 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         events.clone(),
         streams.clone(),
     ));
-    let proxy = Arc::new(Proxy::new(methods, ctx));
+    let methods: Vec<Arc<ResumableMethod>> = methods.into_iter().map(Arc::new).collect();
+    let deliver: HashMap<String, Arc<ResumableMethod>> = methods
+        .iter()
+        .filter(|m| m.mode == ResumeMode::Deliver)
+        .map(|m| (m.name.clone(), m.clone()))
+        .collect();
+    let proxy = Arc::new(Proxy::new(methods, ctx.clone()));
 
     tokio::spawn(admin::serve(
         admin_listener,
@@ -195,6 +223,10 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
     ));
     tokio::spawn(checkpointer.clone().run(background.clone()));
     tokio::spawn(store.clone().watch_redis(background.clone()));
+    events.spawn_drainer(background.clone());
+    if let (false, Some(sink)) = (deliver.is_empty(), config.resume_sink.clone()) {
+        tokio::spawn(events.clone().consume(ctx, deliver, sink, consumer.clone()));
+    }
     tokio::spawn(server::serve(
         listener,
         proxy,

@@ -56,12 +56,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(methods: Vec<ResumableMethod>, ctx: Arc<StreamCtx>) -> Self {
+    pub fn new(methods: Vec<Arc<ResumableMethod>>, ctx: Arc<StreamCtx>) -> Self {
         Proxy {
-            methods: methods
-                .into_iter()
-                .map(|m| (m.path(), Arc::new(m)))
-                .collect(),
+            methods: methods.into_iter().map(|m| (m.path(), m)).collect(),
             ctx,
         }
     }

@@ -11,8 +11,8 @@ use std::{
 };
 
 use reprise_jobs::{
-    Checkpoint, Claim, Finish, JobStatus, JobStore, MemoryStore, NewJob, Owner, RedisStore,
-    StoreError, Write,
+    Checkpoint, Claim, Finish, JobRecord, JobStatus, JobStore, MemoryStore, NewJob, Owner,
+    RedisStore, StoreError, Write,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ pub struct Store {
     /// `(url, key_prefix)` when Redis is configured.
     redis_config: Option<(String, String)>,
     /// Set once the first connection succeeds; the connection manager reconnects after that.
-    redis: OnceCell<Arc<dyn JobStore>>,
+    redis: OnceCell<RedisStore>,
     memory: Arc<MemoryStore>,
     degraded: AtomicBool,
     health: Arc<Health>,
@@ -71,7 +71,7 @@ impl Store {
         };
         match RedisStore::connect(url, prefix).await {
             Ok(r) => {
-                let _ = self.redis.set(Arc::new(r));
+                let _ = self.redis.set(r);
                 true
             }
             Err(e) => {
@@ -87,7 +87,7 @@ impl Store {
 
     fn get(&self, backend: Backend) -> &dyn JobStore {
         match (backend, self.redis.get()) {
-            (Backend::Redis, Some(r)) => r.as_ref(),
+            (Backend::Redis, Some(r)) => r,
             _ => self.memory.as_ref(),
         }
     }
@@ -101,6 +101,33 @@ impl Store {
             tracing::error!(error = %e, op, "job store: redis unreachable; keeping offsets in memory until it is back");
             self.metrics.store_degraded.set(1);
             self.health.store_ok.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The Redis store, once connected (the event outbox lives there too).
+    pub fn redis(&self) -> Option<&RedisStore> {
+        self.redis.get()
+    }
+
+    /// Reads a job from Redis (handoffs need the shared truth, never the in-process store).
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, String> {
+        let redis = self.redis.get().ok_or("redis is not connected")?;
+        redis.get(job_id).await.map_err(|e| {
+            self.failed("get", &e);
+            e.to_string()
+        })
+    }
+
+    /// Claims a job only if it waits to be resumed (`interrupted`, `orphaned`, or `running` with
+    /// a lapsed lease): a handoff must never restart a finished job from scratch.
+    pub async fn take_over(&self, job: &NewJob) -> Result<(Backend, Option<Claim>), String> {
+        let redis = self.redis.get().ok_or("redis is not connected")?;
+        match redis.take_over(job).await {
+            Ok(c) => Ok((Backend::Redis, c)),
+            Err(e) => {
+                self.failed("take_over", &e);
+                Err(e.to_string())
+            }
         }
     }
 

@@ -33,6 +33,7 @@ use tracing::Instrument as _;
 use crate::{
     admin::{MethodLabels, Metrics, ReasonLabels},
     checkpoint::{Checkpointer, SlotGuard},
+    deliver::AckState,
     descriptors::ResumableMethod,
     events::{Events, JobEvent},
     grpc::{self, BoxError, Deframer, Messages, ProxyBody, code},
@@ -146,7 +147,16 @@ pub async fn handle(
 
 type AppTx = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
 
-struct Task {
+/// A job this sidecar now owns, and where it starts.
+pub(crate) struct Claimed {
+    pub job_id: String,
+    pub fence: u64,
+    pub backend: Backend,
+    pub last: Option<Offset>,
+    pub messages: u64,
+}
+
+pub(crate) struct Task {
     ctx: Arc<StreamCtx>,
     method: Arc<ResumableMethod>,
     job_id: String,
@@ -167,6 +177,8 @@ struct Task {
     slot: Option<SlotGuard>,
     done: CancellationToken,
     counters: Counters,
+    /// Deliver mode: what the app's ResumeSink acknowledged (checkpoints follow it).
+    ack: Option<Arc<AckState>>,
     /// Messages at or below the resume point dropped in the current attempt.
     attempt_duplicates: u64,
     out_of_order_logged: u64,
@@ -373,6 +385,44 @@ impl Task {
         // The app's own resume value counts too: it already holds everything up to it.
         let last = std::cmp::max(stored, request::resume_value(&method, &request));
 
+        Ok(Task::new(
+            ctx,
+            method,
+            Claimed {
+                job_id,
+                fence,
+                backend,
+                last,
+                messages,
+            },
+            request,
+            original,
+            parts.headers,
+            deadline,
+            None,
+        ))
+    }
+
+    /// A task for a claimed job. `ack` is set in deliver mode: the receiver of the response is
+    /// the ResumeSink pump, and checkpoints follow its acknowledgements instead of forwarding.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        ctx: Arc<StreamCtx>,
+        method: Arc<ResumableMethod>,
+        claimed: Claimed,
+        request: DynamicMessage,
+        original: Bytes,
+        headers: HeaderMap,
+        deadline: Option<Instant>,
+        ack: Option<Arc<AckState>>,
+    ) -> (Task, oneshot::Receiver<Response<ProxyBody>>) {
+        let Claimed {
+            job_id,
+            fence,
+            backend,
+            last,
+            messages,
+        } = claimed;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let (head_tx, head_rx) = oneshot::channel();
         let done = CancellationToken::new();
@@ -388,8 +438,11 @@ impl Task {
         let slot =
             ctx.checkpointer
                 .register(job_id.clone(), fence, backend, last.clone(), messages);
+        if let Some(ack) = &ack {
+            ack.attach(slot.slot.clone(), last.clone(), messages);
+        }
         let counters = Counters::new(&ctx.metrics, &method.name);
-        Ok((
+        (
             Task {
                 ctx,
                 method,
@@ -398,7 +451,7 @@ impl Task {
                 backend,
                 request,
                 original,
-                headers: parts.headers,
+                headers,
                 deadline,
                 last,
                 messages,
@@ -408,11 +461,18 @@ impl Task {
                 slot: Some(slot),
                 done,
                 counters,
+                ack,
                 attempt_duplicates: 0,
                 out_of_order_logged: 0,
             },
             head_rx,
-        ))
+        )
+    }
+
+    /// Runs the job to its end; the caller has the response receiver.
+    pub(crate) fn spawn(self) {
+        let span = tracing::info_span!("stream", job.id = %self.job_id, method = %self.method.name);
+        self.ctx.tracker.clone().spawn(self.run().instrument(span));
     }
 
     async fn run(mut self) {
@@ -644,7 +704,7 @@ impl Task {
             if self.messages > before {
                 progressed = true;
                 self.counters.forwarded.inc_by(self.messages - before);
-                if let Some(slot) = &self.slot {
+                if let (Some(slot), None) = (&self.slot, &self.ack) {
                     slot.slot.record(self.last.as_ref(), self.messages);
                 }
             }
@@ -785,8 +845,8 @@ impl Task {
 
     /// Ends the app's call with the right status and writes the job's final state.
     async fn finish(mut self, outcome: Outcome) {
-        let offset_text = self.last.as_ref().map(ToString::to_string);
-        let (status, app, error) = match outcome {
+        let mut offset_text = self.last.as_ref().map(ToString::to_string);
+        let (mut status, mut app, mut error) = match outcome {
             Outcome::Completed(trailers) => (Some(JobStatus::Completed), Some(trailers), None),
             Outcome::UpstreamStatus { error, trailers } => {
                 (Some(JobStatus::Failed), Some(trailers), Some(error))
@@ -852,6 +912,20 @@ impl Task {
                 )
             }
         };
+        if let Some(ack) = self.ack.clone() {
+            // Deliver mode: the "app" is the ResumeSink pump. It gets the end of the stream
+            // first; the job is complete only once the sink acknowledged every message, and it
+            // holds exactly what was acknowledged.
+            if let Some(trailers) = app.take() {
+                self.reply(trailers).await;
+            }
+            let delivered = ack.wait_done(Duration::from_secs(30)).await;
+            if status == Some(JobStatus::Completed) && !delivered {
+                status = Some(JobStatus::Interrupted);
+                error = Some("the app's ResumeSink did not acknowledge every message".into());
+            }
+            (offset_text, self.messages) = ack.acked();
+        }
         // The job's state first, so that when the app sees the status the job already says
         // what it holds (and, on shutdown, another pod has been told).
         drop(self.slot.take());

@@ -1,8 +1,10 @@
 -- Claim a job for a new run or a takeover.
 -- KEYS: 1 job hash, 2 leases zset, 3 the claiming pod's job set
 -- ARGV: 1 prefix, 2 job id, 3 service, 4 method, 5 request (base64), 6 request_json,
---       7 owner pod, 8 owner instance, 9 lease ttl (ms)
+--       7 owner pod, 8 owner instance, 9 lease ttl (ms), 10 '1' for a takeover only (a handoff:
+--       never create a job nor restart a finished one)
 -- Reply: {'fresh', fence} | {'resumed', fence, offset, messages, previous status}
+--      | {'gone', status or ''} (takeover only: nothing waits to be resumed)
 --      | {'busy', owner pod, owner instance, lease remaining (ms)} | {'corrupt', field, value}
 -- Everything is validated before the first write: a script that errors halfway is not undone.
 
@@ -27,7 +29,12 @@ local function start(fence)
   return { 'fresh', fence }
 end
 
+local takeover_only = ARGV[10] == '1'
+
 if redis.call('EXISTS', job) == 0 then
+  if takeover_only then
+    return { 'gone', '' }
+  end
   return start('1')
 end
 
@@ -45,6 +52,9 @@ end
 local next_fence = int(tonumber(fence) + 1)
 
 if status == 'completed' or status == 'failed' then
+  if takeover_only then
+    return { 'gone', status }
+  end
   return start(next_fence)
 end
 if status == 'running' then

@@ -1,6 +1,8 @@
 //! Shared by the integration tests: a throw-away key prefix on the real Redis, and builders.
 #![allow(dead_code)] // each test crate uses a different part
 
+pub mod amqp;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,7 +61,7 @@ where
     test(Arc::new(MemoryStore::new())).await
 }
 
-async fn delete_prefix(raw: &mut MultiplexedConnection, prefix: &str) -> Result<()> {
+pub async fn delete_prefix(raw: &mut MultiplexedConnection, prefix: &str) -> Result<()> {
     let pattern = format!("{prefix}:*");
     let mut cursor = 0u64;
     loop {

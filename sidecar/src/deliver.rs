@@ -1,0 +1,340 @@
+//! `resume: deliver`: this sidecar takes over a job another pod handed off, resumes the
+//! upstream stream itself, and delivers the rest to the local app's `reprise.v1.ResumeSink`.
+//!
+//! The stream task is the same as for an app's call; only its "app" differs: a pump reads the
+//! response body (whole gRPC messages, then the status), sends each message to the sink and
+//! reads its acknowledgements. Checkpoints follow the acknowledgements, so a message the sink
+//! never acknowledged is delivered again by whoever resumes the job next.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderValue, Response, Uri, header};
+use http_body_util::BodyExt;
+use reprise_jobs::{Claim, JobRecord, JobStatus, NewJob};
+use reprise_proto::reprise::v1::{
+    Delivery, End, Message, Start, delivery::Kind, resume_sink_client::ResumeSinkClient,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument as _;
+
+use crate::{
+    checkpoint::Slot,
+    descriptors::ResumableMethod,
+    grpc::{self, Deframer, Messages, ProxyBody, code},
+    offset::{self, Offset},
+    request,
+    stream::{Claimed, StreamCtx, Task},
+};
+
+/// What the sink acknowledged: the offset and count the job may be checkpointed at.
+pub struct AckState {
+    inner: Mutex<Acked>,
+    done: watch::Sender<Option<bool>>,
+}
+
+struct Acked {
+    slot: Option<Arc<Slot>>,
+    offset: Option<Offset>,
+    messages: u64,
+}
+
+impl AckState {
+    pub fn new() -> Arc<AckState> {
+        Arc::new(AckState {
+            inner: Mutex::new(Acked {
+                slot: None,
+                offset: None,
+                messages: 0,
+            }),
+            done: watch::channel(None).0,
+        })
+    }
+
+    /// Called when the task registers its checkpoint slot: the starting point.
+    pub(crate) fn attach(&self, slot: Arc<Slot>, offset: Option<Offset>, messages: u64) {
+        if let Ok(mut a) = self.inner.lock() {
+            a.slot = Some(slot);
+            a.offset = offset;
+            a.messages = messages;
+        }
+    }
+
+    fn acked_to(&self, offset: Offset, messages: u64) {
+        if let Ok(mut a) = self.inner.lock() {
+            if let Some(slot) = &a.slot {
+                slot.record(Some(&offset), messages);
+            }
+            a.offset = Some(offset);
+            a.messages = messages;
+        }
+    }
+
+    /// The last acknowledged offset (text) and message count.
+    pub fn acked(&self) -> (Option<String>, u64) {
+        self.inner
+            .lock()
+            .map(|a| (a.offset.as_ref().map(ToString::to_string), a.messages))
+            .unwrap_or((None, 0))
+    }
+
+    fn set_done(&self, delivered_all: bool) {
+        self.done.send_replace(Some(delivered_all));
+    }
+
+    /// Whether the sink acknowledged the whole stream, waiting at most `within`.
+    pub async fn wait_done(&self, within: Duration) -> bool {
+        let mut rx = self.done.subscribe();
+        let result = tokio::time::timeout(within, rx.wait_for(Option::is_some)).await;
+        matches!(result, Ok(Ok(v)) if *v == Some(true))
+    }
+}
+
+/// Takes over `job_id` if it is still waiting (`interrupted` or `orphaned`) and starts
+/// delivering it to `sink`. `Ok(false)`: nothing to do (another pod was faster, or it is done).
+pub async fn take_over(
+    ctx: &Arc<StreamCtx>,
+    method: Arc<ResumableMethod>,
+    sink: &Uri,
+    record: JobRecord,
+) -> Result<bool, String> {
+    if !matches!(record.status, JobStatus::Interrupted | JobStatus::Orphaned) {
+        return Ok(false);
+    }
+    let original = base64::engine::general_purpose::STANDARD
+        .decode(&record.request_b64)
+        .map_err(|e| format!("stored request is not base64: {e}"))?;
+    let request = request::decode(&method, &original)?;
+    let new_job = NewJob {
+        job_id: record.job_id.clone(),
+        service: record.service.clone(),
+        method: record.method.clone(),
+        request_b64: record.request_b64.clone(),
+        request_json: record.request_json.clone(),
+        owner: ctx.owner.clone(),
+        lease_ttl: ctx.lease_ttl,
+    };
+    let (backend, claim) = ctx.store.take_over(&new_job).await?;
+    let Some(Claim::Resumed {
+        fence,
+        offset,
+        messages,
+        previous_status,
+    }) = claim
+    else {
+        return Ok(false);
+    };
+    let last = offset.and_then(|t| Offset::parse(method.offset.leaf, &t).ok());
+    tracing::info!(
+        job.id = %record.job_id,
+        from.pod = %record.owner.pod,
+        from = previous_status.as_str(),
+        offset = last.as_ref().map(ToString::to_string).unwrap_or_default(),
+        "took over a handed-off job; delivering the rest to the app's ResumeSink"
+    );
+    let start = Start {
+        job_id: record.job_id.clone(),
+        service: record.service.clone(),
+        method: record.method.clone(),
+        request: original.clone(),
+        request_json: record.request_json.clone(),
+        offset: last.as_ref().map(ToString::to_string).unwrap_or_default(),
+        from_pod: record.owner.pod.clone(),
+        reason: previous_status.as_str().to_owned(),
+    };
+    let ack = AckState::new();
+    let (task, head) = Task::new(
+        ctx.clone(),
+        method.clone(),
+        Claimed {
+            job_id: record.job_id.clone(),
+            fence,
+            backend,
+            last,
+            messages,
+        },
+        request,
+        original.into(),
+        upstream_headers(),
+        None,
+        Some(ack.clone()),
+    );
+    task.spawn();
+    let pump = Pump {
+        sink: sink.clone(),
+        method,
+        ack,
+        next_seq: messages + 1,
+        max_message_bytes: ctx.max_message_bytes,
+    };
+    let span = tracing::info_span!("deliver", job.id = %record.job_id);
+    ctx.tracker.spawn(pump.run(head, start).instrument(span));
+    Ok(true)
+}
+
+/// The original call's metadata is not stored (it may carry credentials): a takeover sends only
+/// what gRPC needs.
+fn upstream_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    h.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
+    h
+}
+
+struct Pump {
+    sink: Uri,
+    method: Arc<ResumableMethod>,
+    ack: Arc<AckState>,
+    next_seq: u64,
+    max_message_bytes: usize,
+}
+
+impl Pump {
+    async fn run(self, head: oneshot::Receiver<Response<ProxyBody>>, start: Start) {
+        let ack = self.ack.clone();
+        match self.deliver(head, start).await {
+            Ok(()) => ack.set_done(true),
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery to the app's ResumeSink stopped; the job stays resumable from the last acknowledged offset");
+                ack.set_done(false);
+            }
+        }
+    }
+
+    async fn deliver(
+        mut self,
+        head: oneshot::Receiver<Response<ProxyBody>>,
+        start: Start,
+    ) -> Result<(), String> {
+        let channel = tonic::transport::Endpoint::from(self.sink.clone())
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the ResumeSink at {}: {e}", self.sink))?;
+        let (out, out_rx) = mpsc::channel::<Delivery>(64);
+        send(&out, Kind::Start(start)).await?;
+        let mut client = ResumeSinkClient::new(channel);
+        let acks = client
+            .deliver(ReceiverStream::new(out_rx))
+            .await
+            .map_err(|s| format!("ResumeSink/Deliver: {}: {}", s.code(), s.message()))?
+            .into_inner();
+        let pending: Arc<Mutex<VecDeque<(u64, Offset)>>> = Arc::default();
+        let reader = tokio::spawn(read_acks(acks, pending.clone(), self.ack.clone()));
+
+        let res = head
+            .await
+            .map_err(|_| "the stream task ended without a response")?;
+        let (parts, mut body) = res.into_parts();
+        let end = if let Some((code, message)) = grpc::status_of(&parts.headers) {
+            End { code, message }
+        } else {
+            let mut deframer = Deframer::new(self.max_message_bytes);
+            loop {
+                match body.frame().await {
+                    None => {
+                        break End {
+                            code: code::UNKNOWN,
+                            message: "stream ended without a status".into(),
+                        };
+                    }
+                    Some(Err(e)) => return Err(format!("stream task: {e}")),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => {
+                            for whole in deframer.push(data).map_err(|e| e.to_string())? {
+                                self.forward(whole, &out, &pending).await?;
+                            }
+                        }
+                        Err(frame) => {
+                            let trailers = frame.into_trailers().unwrap_or_default();
+                            let (code, message) = grpc::status_of(&trailers)
+                                .unwrap_or((code::UNKNOWN, String::new()));
+                            break End { code, message };
+                        }
+                    },
+                }
+            }
+        };
+        let complete = end.code == code::OK;
+        send(&out, Kind::End(end)).await?;
+        drop(out);
+        // The sink answers the end of our stream by ending its acks.
+        reader.await.map_err(|e| format!("ack reader: {e}"))??;
+        let unacked = pending.lock().map(|p| p.len()).unwrap_or(usize::MAX);
+        if unacked > 0 {
+            return Err(format!(
+                "the sink ended with {unacked} message(s) unacknowledged"
+            ));
+        }
+        if complete {
+            Ok(())
+        } else {
+            Err("the upstream stream did not complete".into())
+        }
+    }
+
+    /// Sends every message in `whole` as a `Delivery`, remembering each seq's offset.
+    async fn forward(
+        &mut self,
+        whole: bytes::Bytes,
+        out: &mpsc::Sender<Delivery>,
+        pending: &Mutex<VecDeque<(u64, Offset)>>,
+    ) -> Result<(), String> {
+        for (_, payload) in Messages::new(whole) {
+            let offset = offset::extract(&payload, &self.method.offset)
+                .map_err(|e| e.to_string())?
+                .ok_or("message without offset")?;
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            if let Ok(mut p) = pending.lock() {
+                p.push_back((seq, offset.clone()));
+            }
+            let message = Message {
+                seq,
+                offset: offset.to_string(),
+                payload: payload.to_vec(),
+            };
+            send(out, Kind::Message(message)).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn send(out: &mpsc::Sender<Delivery>, kind: Kind) -> Result<(), String> {
+    out.send(Delivery { kind: Some(kind) })
+        .await
+        .map_err(|_| "the ResumeSink closed the call".to_owned())
+}
+
+/// Moves the acknowledged point forward as acks arrive (an ack covers every seq up to it).
+async fn read_acks(
+    mut acks: tonic::Streaming<reprise_proto::reprise::v1::Ack>,
+    pending: Arc<Mutex<VecDeque<(u64, Offset)>>>,
+    state: Arc<AckState>,
+) -> Result<(), String> {
+    loop {
+        let ack = match acks.message().await {
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(format!("ResumeSink acks: {}: {}", s.code(), s.message())),
+        };
+        let mut last = None;
+        if let Ok(mut p) = pending.lock() {
+            while p.front().is_some_and(|(seq, _)| *seq <= ack.seq) {
+                last = p.pop_front();
+            }
+        }
+        if let Some((seq, offset)) = last {
+            state.acked_to(offset, seq);
+        }
+    }
+}
