@@ -156,6 +156,8 @@ pub fn unique() -> String {
 
 /// One test's world: a temp dir, a key prefix, ports.
 pub struct World {
+    /// Set by tests that use RabbitMQ, so the queue and exchange are deleted afterwards.
+    pub amqp: bool,
     pub dir: tempfile::TempDir,
     pub prefix: String,
     pub upstream_port: u16,
@@ -166,6 +168,7 @@ pub struct World {
 impl World {
     pub fn new() -> World {
         let w = World {
+            amqp: false,
             dir: tempfile::tempdir().expect("tempdir"),
             prefix: format!("test-{}", unique()),
             upstream_port: free_port(),
@@ -237,6 +240,25 @@ impl World {
             desc = self.descriptors().display(),
             prefix = self.prefix,
         )
+    }
+
+    /// ListUsers with `resume: deliver`.
+    pub fn deliver_streams() -> String {
+        format!(
+            "  - method: {USERS_METHOD}\n    offset_field: user_id\n    resume_field: after_user_id\n    resume: deliver\n"
+        )
+    }
+
+    /// Starts a demo-sink (the app side of deliver mode) recording to `record`.
+    pub fn sink(&self, port: u16, record: &Path) -> Proc {
+        let mut cmd = Command::new(bin("demo-sink"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--record")
+            .arg(record);
+        let p = Proc::spawn("demo-sink", &mut cmd, self.path());
+        wait_port(port, Duration::from_secs(20));
+        p
     }
 
     /// Both demo methods as resumable `streams:` entries.
@@ -359,8 +381,47 @@ impl World {
     }
 }
 
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Deletes the RabbitMQ objects of `prefix` (the service `e2e`'s resume queue, the exchange).
+fn delete_amqp(prefix: &str) {
+    use lapin::{Connection, ConnectionProperties, options::*};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+        else {
+            return;
+        };
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .queue_delete(
+                    format!("{prefix}.e2e.resume").into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await;
+            let _ = ch
+                .exchange_delete(
+                    format!("{prefix}.events").into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = conn.close(200, "OK".into()).await;
+    });
+}
+
 impl Drop for World {
     fn drop(&mut self) {
+        if self.amqp {
+            delete_amqp(&self.prefix);
+        }
         if let Ok(mut con) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(format!("{}:*", self.prefix))

@@ -1,0 +1,97 @@
+//! `resume: deliver` over a real RabbitMQ: the pod that receives the handoff event claims the
+//! job, resumes the upstream stream itself and delivers the rest to its app's ResumeSink.
+
+mod support;
+
+use std::time::Duration;
+
+use reprise_demo::users::demo_users;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn admins(n: usize) -> Vec<String> {
+    demo_users(n)
+        .into_iter()
+        .filter(|u| u.role == "admin")
+        .map(|u| u.user_id)
+        .collect()
+}
+
+fn extra(sink_port: u16) -> String {
+    format!(
+        "amqp_url: {}\nresume_sink: http://127.0.0.1:{sink_port}\n",
+        amqp_url()
+    )
+}
+
+#[test]
+fn sigterm_hands_the_job_to_another_pod_and_its_sink_receives_the_rest() {
+    let mut w = World::new();
+    w.amqp = true;
+    let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
+    let (sink_a, sink_b) = (free_port(), free_port());
+    let (b_port, b_metrics) = (free_port(), free_port());
+    let sink_record = w.path().join("sink-b.txt");
+    let _sink_b = w.sink(sink_b, &sink_record);
+    let streams = World::deliver_streams();
+    let mut a = w.sidecar(&w.config_as(
+        "pod-a",
+        w.sidecar_port,
+        w.metrics_port,
+        true,
+        &streams,
+        &extra(sink_a),
+    ));
+    let b = w.sidecar_on(
+        b_port,
+        &w.config_as("pod-b", b_port, b_metrics, true, &streams, &extra(sink_b)),
+    );
+    wait_until("B consumes handoffs", LONG, || {
+        b.log_text().contains("taking handoffs")
+    });
+
+    let first = w.path().join("first.txt");
+    let arg = first.to_string_lossy().to_string();
+    let mut app_a = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    wait_until("app on A streaming", LONG, || lines(&first).len() >= 2000);
+    let signalled = std::time::Instant::now();
+    a.signal(15);
+    let status = a.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "A exits 0:\n{}", a.log_text());
+    let log = a.log_text();
+    for step in [
+        "shutdown 1/5",
+        "shutdown 2/5",
+        "shutdown 3/5",
+        "published job.interrupted",
+        "shutdown 4/5",
+        "shutdown 5/5",
+    ] {
+        assert!(log.contains(step), "{step} missing:\n{log}");
+    }
+    app_a.wait_exit(LONG);
+
+    let all = admins(30000);
+    let got_a = lines(&first);
+    wait_until("B's sink received the rest", LONG, || {
+        lines(&sink_record).len() >= all.len() - got_a.len()
+    });
+    eprintln!(
+        "SIGTERM on A → B's sink has everything: {:?}",
+        signalled.elapsed()
+    );
+    let got_b = lines(&sink_record);
+    assert_eq!(got_a, all[..got_a.len()], "A's app: an in-order prefix");
+    assert_eq!(
+        got_b,
+        all[got_a.len()..],
+        "B's sink: exactly the rest, none twice, none lost"
+    );
+    let job = w.job_ids().pop().expect("job");
+    wait_until("job completed", LONG, || {
+        w.job_field(&job, "status").as_deref() == Some("completed")
+    });
+    assert_eq!(w.job_field(&job, "owner_pod").as_deref(), Some("pod-b"));
+    assert_eq!(w.job_field(&job, "messages"), Some(all.len().to_string()));
+}
