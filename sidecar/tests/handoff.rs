@@ -193,3 +193,44 @@ fn a_request_for_a_job_whose_owner_is_alive_runs_as_an_independent_job() {
     );
     assert_eq!(w.job_ids().len(), 2, "two live calls never share an offset");
 }
+
+#[test]
+fn a_zombie_owner_whose_fence_moved_on_cannot_move_the_offset() {
+    let w = World::new();
+    let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
+    let _sidecar = w.sidecar(&w.config(true, ""));
+    let record = w.path().join("ids.txt");
+    let arg = record.to_string_lossy().to_string();
+    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    wait_until("app streaming", LONG, || lines(&record).len() >= 1000);
+    let job = w.job_ids().pop().expect("a job");
+
+    // Another owner takes the job, as the recoverer does for a pod it believes dead: the fence
+    // moves on. From then on this sidecar is a zombie for that job.
+    let mut con = w.redis();
+    let (_, offset): (u64, Option<String>) = redis::pipe()
+        .atomic()
+        .cmd("HINCRBY")
+        .arg(w.job_key(&job))
+        .arg("fence")
+        .arg(1)
+        .cmd("HGET")
+        .arg(w.job_key(&job))
+        .arg("offset")
+        .query(&mut con)
+        .expect("bump fence");
+    let _: () = redis::cmd("HSET")
+        .arg(w.job_key(&job))
+        .arg("status")
+        .arg("orphaned")
+        .query(&mut con)
+        .expect("HSET");
+
+    app.wait_exit(LONG);
+    let log = app.log_text();
+    assert!(log.contains("taken over by another owner"), "{log}");
+    assert!(w.metric("reprise_checkpoint_fenced_total", &[]) >= 1.0);
+    // Neither forwards nor backwards: the zombie's later writes were all refused.
+    assert_eq!(w.job_field(&job, "offset"), offset);
+    assert_eq!(w.job_field(&job, "status").as_deref(), Some("orphaned"));
+}
