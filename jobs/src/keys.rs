@@ -35,6 +35,18 @@ impl Keys {
         format!("{}:pod:{pod}:jobs", self.prefix)
     }
 
+    /// `{prefix}:pod:{pod}:sidecar` — hash `instance`, `started_at` (epoch ms): the sidecar
+    /// process that runs in `pod` now. A job of that pod owned by another instance is dead.
+    pub fn pod_sidecar(&self, pod: &str) -> String {
+        format!("{}:pod:{pod}:sidecar", self.prefix)
+    }
+
+    /// `{prefix}:pod:{pod}:killed` — set (with a TTL) by the recoverer that reported the pod's
+    /// death, so `pod.killed` is published once per pod whatever the number of recoverers.
+    pub fn pod_killed(&self, pod: &str) -> String {
+        format!("{}:pod:{pod}:killed", self.prefix)
+    }
+
     /// `{prefix}:leases` — running jobs scored by lease expiry (epoch ms, Redis clock).
     pub fn leases(&self) -> String {
         format!("{}:leases", self.prefix)

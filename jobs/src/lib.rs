@@ -46,6 +46,6 @@ pub use model::{Checkpoint, Claim, Finish, JobRecord, NewJob, Owner, Write};
 pub use outbox::{Outbox, OutboxError};
 pub use publisher::{PublishError, Publisher, Sent};
 pub use record::FIELDS;
-pub use redis_store::RedisStore;
+pub use redis_store::{OrphanIf, RedisStore, SidecarInstance};
 pub use status::{JobStatus, UnknownStatus};
 pub use store::JobStore;

@@ -40,7 +40,128 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// When the recoverer may declare a running job's owner dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrphanIf {
+    /// Its lease has expired (Redis clock).
+    LeaseExpired,
+    /// It is owned by `pod`, by any sidecar instance except `spare` (the one running now).
+    OwnedBy { pod: String, spare: Option<String> },
+}
+
+/// The sidecar process running in a pod, as it registered itself at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarInstance {
+    pub instance: String,
+    pub started_at_ms: u64,
+}
+
 impl RedisStore {
+    /// Declares the owner of a running job dead when `cond` holds: bumps the fence, marks the job
+    /// `orphaned` with `reason` as `last_error`, and removes it from its pod's set and the
+    /// leases. `Ok(Some(new fence))` when this call orphaned it; `Ok(None)` when it did not apply
+    /// (not running, lease live, another owner, or already orphaned by someone else).
+    pub async fn orphan(
+        &self,
+        job_id: &str,
+        cond: &OrphanIf,
+        reason: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let (mode, pod, spare) = match cond {
+            OrphanIf::LeaseExpired => ("lease", "", ""),
+            OrphanIf::OwnedBy { pod, spare } => {
+                ("owner", pod.as_str(), spare.as_deref().unwrap_or(""))
+            }
+        };
+        let reply: Vec<String> = self
+            .scripts
+            .orphan
+            .key(self.keys.job(job_id))
+            .key(self.keys.leases())
+            .arg(self.keys.prefix())
+            .arg(job_id)
+            .arg(mode)
+            .arg(pod)
+            .arg(spare)
+            .arg(reason)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("orphan"))?;
+        match reply.as_slice() {
+            [kind, fence] if kind == "orphaned" => {
+                fence.parse().map(Some).map_err(|_| StoreError::Protocol {
+                    script: "orphan",
+                    detail: format!("fence {fence:?}"),
+                })
+            }
+            [kind, _] if kind == "skipped" => Ok(None),
+            other => Err(StoreError::Protocol {
+                script: "orphan",
+                detail: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Every running job (the members of the lease set).
+    pub async fn running_jobs(&self) -> Result<Vec<String>, StoreError> {
+        redis::cmd("ZRANGE")
+            .arg(self.keys.leases())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("running_jobs"))
+    }
+
+    /// Records `owner` as the sidecar running in its pod now (called at sidecar start-up).
+    pub async fn register_sidecar(&self, owner: &crate::Owner) -> Result<(), StoreError> {
+        let script = redis::Script::new(
+            "local t = redis.call('TIME')
+             local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+             redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'started_at', string.format('%d', now))
+             return 1",
+        );
+        let _: i64 = script
+            .key(self.keys.pod_sidecar(&owner.pod))
+            .arg(&owner.instance)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("register_sidecar"))?;
+        Ok(())
+    }
+
+    /// The sidecar that registered last in `pod`, if any.
+    pub async fn sidecar_of(&self, pod: &str) -> Result<Option<SidecarInstance>, StoreError> {
+        let (instance, started): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.pod_sidecar(pod))
+            .arg("instance")
+            .arg("started_at")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("sidecar_of"))?;
+        Ok(match (instance, started.and_then(|s| s.parse().ok())) {
+            (Some(instance), Some(started_at_ms)) => Some(SidecarInstance {
+                instance,
+                started_at_ms,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Claims the right to report `pod`'s death (once per pod across recoverers, for `ttl`).
+    pub async fn first_to_report_pod(&self, pod: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.pod_killed(pod))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(duration_ms(ttl))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("first_to_report_pod"))?;
+        Ok(set.is_some())
+    }
+
     async fn invoke_claim(
         &self,
         job: &NewJob,

@@ -22,6 +22,7 @@ pub(crate) struct Scripts {
     pub note_resume: Script,
     pub finish: Script,
     pub expired_leases: Script,
+    pub orphan: Script,
 }
 
 impl Scripts {
@@ -32,6 +33,7 @@ impl Scripts {
             note_resume: script(include_str!("lua/note_resume.lua")),
             finish: script(include_str!("lua/finish.lua")),
             expired_leases: script(include_str!("lua/expired_leases.lua")),
+            orphan: script(include_str!("lua/orphan.lua")),
         }
     }
 }

@@ -52,6 +52,14 @@ impl Slot {
         }
     }
 
+    /// The offset and count last recorded.
+    pub fn current(&self) -> (Option<Offset>, u64) {
+        self.state
+            .lock()
+            .map(|s| (s.offset.clone(), s.messages))
+            .unwrap_or((None, 0))
+    }
+
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
     }

@@ -151,7 +151,8 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         .redis_url
         .clone()
         .map(|url| (url, config.key_prefix.clone()));
-    let store = Arc::new(Store::new(redis, health.clone(), metrics.clone()).await);
+    let store =
+        Arc::new(Store::new(redis, Some(owner.clone()), health.clone(), metrics.clone()).await);
     let events = Arc::new(match (&config.amqp_url, store.redis()) {
         (Some(url), Some(redis)) => {
             match Events::start(url, &config.key_prefix, &config.service, &owner, redis) {

@@ -32,6 +32,8 @@ pub enum Backend {
 pub struct Store {
     /// `(url, key_prefix)` when Redis is configured.
     redis_config: Option<(String, String)>,
+    /// This sidecar process, registered in Redis as its pod's current instance.
+    owner: Option<Owner>,
     /// Set once the first connection succeeds; the connection manager reconnects after that.
     redis: OnceCell<RedisStore>,
     memory: Arc<MemoryStore>,
@@ -45,11 +47,13 @@ impl Store {
     /// degraded (not ready, offsets in memory), and [`Store::watch_redis`] keeps trying.
     pub async fn new(
         redis_config: Option<(String, String)>,
+        owner: Option<Owner>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let store = Store {
             redis_config,
+            owner,
             redis: OnceCell::new(),
             memory: Arc::new(MemoryStore::new()),
             degraded: AtomicBool::new(false),
@@ -71,6 +75,12 @@ impl Store {
         };
         match RedisStore::connect(url, prefix).await {
             Ok(r) => {
+                // The recoverer tells this process's jobs from a predecessor's by this.
+                if let Some(owner) = &self.owner
+                    && let Err(e) = r.register_sidecar(owner).await
+                {
+                    tracing::warn!(error = %e, "cannot register this sidecar instance in redis");
+                }
                 let _ = self.redis.set(r);
                 true
             }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use flate2::read::GzDecoder;
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use http_body::Frame;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prost_reflect::DynamicMessage;
@@ -26,13 +26,12 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
     admin::{MethodLabels, Metrics, ReasonLabels},
-    checkpoint::{Checkpointer, SlotGuard},
+    checkpoint::{Checkpointer, Slot, SlotGuard},
     deliver::AckState,
     descriptors::ResumableMethod,
     events::{Events, JobEvent},
@@ -75,7 +74,7 @@ pub struct StreamCtx {
 /// A job a task of this process is serving right now.
 #[derive(Clone)]
 struct ActiveJob {
-    app: mpsc::WeakSender<Result<Frame<Bytes>, BoxError>>,
+    app: mpsc::WeakSender<Chunk>,
     done: CancellationToken,
 }
 
@@ -145,7 +144,42 @@ pub async fn handle(
     }
 }
 
-type AppTx = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+type AppTx = mpsc::Sender<Chunk>;
+
+/// What travels to the app's response body: a frame, and for data the offset of its last
+/// message and the message count, which become the job's checkpoint once the app's
+/// connection has taken the frame (not when it is queued: a queued frame dies with us).
+pub(crate) struct Chunk {
+    frame: Frame<Bytes>,
+    progress: Option<(Offset, u64)>,
+}
+
+/// The app's response body: frames from the stream task. Polled by hyper only when the app's
+/// HTTP/2 window has room, so what it yields is on its way to the app.
+struct AppBody {
+    rx: mpsc::Receiver<Chunk>,
+    /// Set unless in deliver mode (where acknowledgements move the checkpoint).
+    slot: Option<Arc<Slot>>,
+}
+
+impl http_body::Body for AppBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|chunk| {
+            chunk.map(|c| {
+                if let (Some(slot), Some((offset, messages))) = (&self.slot, &c.progress) {
+                    slot.record(Some(offset), *messages);
+                }
+                Ok(c.frame)
+            })
+        })
+    }
+}
 
 /// A job this sidecar now owns, and where it starts.
 pub(crate) struct Claimed {
@@ -171,8 +205,10 @@ pub(crate) struct Task {
     last: Option<Offset>,
     messages: u64,
     head: Option<oneshot::Sender<Response<ProxyBody>>>,
-    rx: Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
+    rx: Option<mpsc::Receiver<Chunk>>,
     tx: AppTx,
+    /// The offset and count of the last message queued to the app's body.
+    sent: (Option<Offset>, u64),
     /// Registered with the checkpointer while the job is ours and running.
     slot: Option<SlotGuard>,
     done: CancellationToken,
@@ -453,6 +489,7 @@ impl Task {
                 original,
                 headers,
                 deadline,
+                sent: (last.clone(), messages),
                 last,
                 messages,
                 head: Some(head_tx),
@@ -622,7 +659,11 @@ impl Task {
             headers.remove(header::CONTENT_LENGTH);
             // Compressed messages are forwarded decompressed (see `filter`).
             headers.remove("grpc-encoding");
-            let mut res = Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed_unsync());
+            let slot = match (&self.slot, &self.ack) {
+                (Some(g), None) => Some(g.slot.clone()),
+                _ => None,
+            };
+            let mut res = Response::new(AppBody { rx, slot }.boxed_unsync());
             *res.headers_mut() = headers;
             if head.send(res).is_err() {
                 return Step::Done(Outcome::AppGone);
@@ -692,21 +733,23 @@ impl Task {
                 }
             }
             for chunk in chunks {
+                let progress = chunk.progress.clone();
                 let sent = tokio::select! {
                     biased;
                     _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
-                    r = self.tx.send(Ok(Frame::data(chunk))) => r,
+                    r = self.tx.send(chunk) => r,
                 };
                 if sent.is_err() {
                     return Step::Done(Outcome::AppGone);
+                }
+                // In the app's body now: it gets it before any status we send.
+                if let Some((offset, messages)) = progress {
+                    self.sent = (Some(offset), messages);
                 }
             }
             if self.messages > before {
                 progressed = true;
                 self.counters.forwarded.inc_by(self.messages - before);
-                if let (Some(slot), None) = (&self.slot, &self.ack) {
-                    slot.slot.record(self.last.as_ref(), self.messages);
-                }
             }
             if self.slot.as_ref().is_some_and(|s| s.slot.lost()) {
                 return Step::Done(Outcome::Fenced);
@@ -748,7 +791,7 @@ impl Task {
         whole: Bytes,
         gzip: bool,
         replaying: &mut bool,
-    ) -> Result<Vec<Bytes>, Outcome> {
+    ) -> Result<Vec<Chunk>, Outcome> {
         let mut out = Vec::with_capacity(1);
         let mut run_start = 0;
         let mut msgs = Messages::new(whole.clone());
@@ -807,13 +850,15 @@ impl Task {
                 continue;
             }
             if start > run_start {
-                out.push(whole.slice(run_start..start));
+                out.push(self.forward(whole.slice(run_start..start)));
             }
             run_start = end;
             if keep {
-                out.extend(reframed);
                 self.last = Some(offset);
                 self.messages += 1;
+                if let Some(framed) = reframed {
+                    out.push(self.forward(framed));
+                }
             } else if !*replaying {
                 self.counters.out_of_order.inc();
                 self.out_of_order_logged += 1;
@@ -827,9 +872,17 @@ impl Task {
             }
         }
         if whole.len() > run_start {
-            out.push(whole.slice(run_start..));
+            out.push(self.forward(whole.slice(run_start..)));
         }
         Ok(out)
+    }
+
+    /// Bytes to forward, ending with the message that set the current `last`.
+    fn forward(&self, bytes: Bytes) -> Chunk {
+        Chunk {
+            frame: Frame::data(bytes),
+            progress: self.last.clone().map(|o| (o, self.messages)),
+        }
     }
 
     fn log_duplicates(&self) {
@@ -845,7 +898,14 @@ impl Task {
 
     /// Ends the app's call with the right status and writes the job's final state.
     async fn finish(mut self, outcome: Outcome) {
-        let mut offset_text = self.last.as_ref().map(ToString::to_string);
+        // What the app holds: everything queued to its body, which it reads before the status;
+        // if it is gone, only what its connection took (the rest died in our queue).
+        let (held, held_messages) = match (&outcome, &self.slot) {
+            (Outcome::AppGone, Some(guard)) => guard.slot.current(),
+            _ => self.sent.clone(),
+        };
+        self.messages = held_messages;
+        let mut offset_text = held.as_ref().map(ToString::to_string);
         let (mut status, mut app, mut error) = match outcome {
             Outcome::Completed(trailers) => (Some(JobStatus::Completed), Some(trailers), None),
             Outcome::UpstreamStatus { error, trailers } => {
@@ -1009,7 +1069,11 @@ impl Task {
             res.headers_mut().extend(trailers);
             let _ = head.send(res);
         } else {
-            let _ = self.tx.send(Ok(Frame::trailers(trailers))).await;
+            let chunk = Chunk {
+                frame: Frame::trailers(trailers),
+                progress: None,
+            };
+            let _ = self.tx.send(chunk).await;
         }
     }
 }
