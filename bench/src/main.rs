@@ -1,11 +1,14 @@
 //! `reprise-bench`: what the sidecar costs on the streaming path, next to a direct connection
-//! and to nginx's `grpc_pass`, measured the same way.
+//! and to nginx's `grpc_pass`, measured the same way; and, as the scenario `handoff`, how
+//! long a SIGTERM takes to move a stream to another pod (`handoff/mod.rs`).
 //!
-//! Lifecycle: flags → descriptors and Redis check → per scenario: fresh demo server and
-//! proxies → one warm-up call set per path → rounds alternating direct / sidecar / nginx →
-//! peak RSS and log check → table and one JSON line → Redis keys removed. Exit 1 if any
-//! stream was not exactly what the server sent; 2 if the bench itself could not run.
+//! Lifecycle of the throughput scenarios: flags → descriptors and Redis check → per
+//! scenario: fresh demo server and proxies → one warm-up call set per path → rounds
+//! alternating direct / sidecar / nginx → peak RSS and log check → table and one JSON line →
+//! Redis keys removed. Exit 1 if any stream (or handoff run) was not exactly what the server
+//! sent; 2 if the bench itself could not run.
 
+mod handoff;
 mod load;
 mod procs;
 mod report;
@@ -29,8 +32,14 @@ use crate::{
 };
 
 #[derive(Parser)]
-#[command(about = "Throughput, CPU and memory of reprise-sidecar vs direct and nginx grpc_pass")]
+#[command(
+    about = "Throughput, CPU and memory of reprise-sidecar vs direct and nginx grpc_pass; \
+             `handoff`: SIGTERM to a sidecar mid-stream until another pod's app has the rest"
+)]
 struct Args {
+    /// The scenario, as an alternative to --scenario: `reprise-bench handoff --runs 20`.
+    #[arg(value_enum, value_name = "SCENARIO")]
+    which: Option<Which>,
     /// Measured rounds per scenario; each round runs every path once, in turn. A round of
     /// 1M messages takes well under a second, so many rounds are cheap and steady the medians.
     #[arg(long, default_value_t = 15)]
@@ -44,9 +53,11 @@ struct Args {
     /// Payload bytes per event [default: what makes an encoded Event about 100 bytes].
     #[arg(long)]
     payload_bytes: Option<u32>,
-    /// `single`: 1 stream with every message; `many`: --streams streams sharing them.
-    #[arg(long, value_enum, default_value_t = Which::All)]
-    scenario: Which,
+    /// `single`: 1 stream with every message; `many`: --streams streams sharing them; `all`:
+    /// both; `handoff`: SIGTERM handoff timings (needs RabbitMQ, so `all` leaves it out).
+    /// [default: all]
+    #[arg(long, value_enum)]
+    scenario: Option<Which>,
     /// Measure only direct and sidecar.
     #[arg(long)]
     no_nginx: bool,
@@ -56,6 +67,29 @@ struct Args {
     /// A call set that has not finished after this many seconds counts as not exact.
     #[arg(long, default_value_t = 300)]
     round_timeout_secs: u64,
+    /// handoff: runs, each on fresh processes.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// handoff: runs of the on_request path (SIGTERM → job `interrupted` in Redis); 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    on_request_runs: usize,
+    /// handoff: `drain_period` of both sidecars, e.g. `0s` [default: the sidecar's, 1s].
+    #[arg(long, value_name = "DURATION")]
+    drain_period: Option<String>,
+    /// Keep the scratch directory with every process's log and print where it is.
+    #[arg(long)]
+    keep_logs: bool,
+}
+
+impl Args {
+    fn which(&self) -> anyhow::Result<Which> {
+        match (self.which, self.scenario) {
+            (Some(a), Some(b)) if a != b => {
+                anyhow::bail!("two different scenarios named: as an argument and with --scenario")
+            }
+            (a, b) => Ok(a.or(b).unwrap_or(Which::All)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,6 +97,7 @@ enum Which {
     Single,
     Many,
     All,
+    Handoff,
 }
 
 /// Topics are `{scenario}{round:02}-{stream:04}`: the same length in every run, so every
@@ -86,6 +121,15 @@ fn main() -> ExitCode {
 
 /// Returns whether every stream was exact.
 fn run(args: &Args) -> anyhow::Result<bool> {
+    let which = args.which()?;
+    if which == Which::Handoff {
+        return handoff::run(&handoff::Options {
+            runs: args.runs,
+            on_request_runs: args.on_request_runs,
+            drain_period: args.drain_period.clone(),
+            keep_logs: args.keep_logs,
+        });
+    }
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     anyhow::ensure!(args.streams > 0, "--streams must be at least 1");
     anyhow::ensure!(
@@ -101,7 +145,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         routes.push(Route::Nginx);
         Some(bin)
     };
-    let dir = tempfile::Builder::new().prefix("reprise-bench").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("reprise-bench")
+        .disable_cleanup(args.keep_logs)
+        .tempdir()?;
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let redis = match rig::redis_reachable(&redis_url) {
         Ok(()) => Some(redis_url),
@@ -125,10 +172,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
 
     let runtime = tokio::runtime::Runtime::new()?;
     let mut shapes = Vec::new();
-    if matches!(args.scenario, Which::Single | Which::All) {
+    if matches!(which, Which::Single | Which::All) {
         shapes.push(("single", 1));
     }
-    if matches!(args.scenario, Which::Many | Which::All) {
+    if matches!(which, Which::Many | Which::All) {
         shapes.push(("many", args.streams));
     }
     let mut scenarios = Vec::new();
@@ -157,6 +204,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             Ok(n) => println!("\nredis: removed {n} key(s) under {}:", setup.key_prefix),
             Err(e) => println!("\nredis: could not remove {}:* ({e})", setup.key_prefix),
         }
+    }
+    if args.keep_logs {
+        println!("logs kept in {}", dir.path().display());
     }
     outcome?;
     let exact = scenarios.iter().all(|s| s.failures.is_empty());

@@ -3,7 +3,7 @@
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -33,6 +33,19 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGTERM. Directly, not through `kill(1)`: a fork and exec would blur the instant
+    /// the handoff timings start from.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .with_context(|| format!("SIGTERM to {} ({})", self.name, self.pid()))
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     /// Fails (with the log's tail) if the process has already exited.

@@ -223,13 +223,18 @@ impl Pump {
         let (out, out_rx) = mpsc::channel::<Delivery>(64);
         send(&out, Kind::Start(start)).await?;
         let mut client = ResumeSinkClient::new(channel);
-        let acks = client
-            .deliver(ReceiverStream::new(out_rx))
-            .await
-            .map_err(|s| format!("ResumeSink/Deliver: {}: {}", s.code(), s.message()))?
-            .into_inner();
         let pending: Arc<Mutex<VecDeque<(u64, Offset)>>> = Arc::default();
-        let reader = tokio::spawn(read_acks(acks, pending.clone(), self.ack.clone()));
+        // The call is opened by the reader: some gRPC servers (grpcio) send response headers
+        // only with their first Ack, so messages must flow before the headers arrive.
+        let (state, in_flight) = (self.ack.clone(), pending.clone());
+        let reader = tokio::spawn(async move {
+            let acks = client
+                .deliver(ReceiverStream::new(out_rx))
+                .await
+                .map_err(|s| format!("ResumeSink/Deliver: {}: {}", s.code(), s.message()))?
+                .into_inner();
+            read_acks(acks, in_flight, state).await
+        });
 
         let res = head
             .await

@@ -1,0 +1,253 @@
+//! The handoff scenario's output: a line per run, percentiles over the runs, the median
+//! timeline from the sidecars' logs, and one JSON line.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::run::{DeliverRun, OnRequestRun, milestone_names};
+
+/// Nearest-rank percentiles (each is one of the values) and the extremes, in ms.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub n: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Percentiles> {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(Percentiles {
+            n: v.len(),
+            p50: rank(50.0),
+            p99: rank(99.0),
+            min: v[0],
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+pub struct Summary<'a> {
+    pub drain_period: &'a str,
+    pub runs: &'a [DeliverRun],
+    pub on_request: &'a [OnRequestRun],
+}
+
+impl Summary<'_> {
+    fn of(&self, measure: impl Fn(&DeliverRun) -> Option<f64>) -> Option<Percentiles> {
+        Percentiles::of(self.runs.iter().filter_map(measure))
+    }
+
+    fn t_exit(&self) -> Option<Percentiles> {
+        self.of(|r| r.t_exit_ms)
+    }
+
+    fn t_resumed(&self) -> Option<Percentiles> {
+        self.of(|r| r.t_resumed_ms)
+    }
+
+    /// Each milestone that the logs showed, in the order of the shutdown.
+    fn timeline(&self) -> Vec<(&'static str, Percentiles)> {
+        milestone_names()
+            .filter_map(|name| {
+                let values = self
+                    .runs
+                    .iter()
+                    .filter_map(|r| r.timeline_ms.get(name).copied());
+                Some((name, Percentiles::of(values)?))
+            })
+            .collect()
+    }
+
+    fn on_request_interrupted(&self) -> Option<Percentiles> {
+        Percentiles::of(self.on_request.iter().filter_map(|r| r.t_interrupted_ms))
+    }
+
+    fn on_request_exit(&self) -> Option<Percentiles> {
+        Percentiles::of(self.on_request.iter().filter_map(|r| r.t_exit_ms))
+    }
+
+    pub fn exact(&self) -> bool {
+        self.runs.iter().all(|r| r.failures.is_empty())
+            && self.on_request.iter().all(|r| r.failures.is_empty())
+    }
+
+    pub fn print(&self) {
+        let n = self.runs.len();
+        println!();
+        println!(
+            "handoff (resume: deliver): {n} run(s), drain_period {}; ms from SIGTERM to pod-a",
+            self.drain_period
+        );
+        println!(
+            "  {:<17} {:>9} {:>9} {:>9} {:>9}",
+            "measure", "p50", "p99", "min", "max"
+        );
+        for (name, p) in [
+            ("t_exit", self.t_exit()),
+            ("t_resumed", self.t_resumed()),
+            ("t_app_last", self.of(|r| r.t_app_last_ms)),
+            ("gap", self.of(|r| r.gap_ms)),
+        ] {
+            print_row(name, p.as_ref());
+        }
+        println!(
+            "  t_app_last: the last message at A's app; gap = t_resumed - t_app_last (the stream \
+             stood still); polled every 1 ms"
+        );
+        if n < 100 {
+            println!("  nearest-rank percentiles: with {n} run(s), p99 is the max");
+        }
+        println!("  where the time goes (the sidecars' log lines, ms after SIGTERM):");
+        for (name, p) in self.timeline() {
+            print_row(name, Some(&p));
+        }
+        if !self.on_request.is_empty() {
+            println!(
+                "on_request: {} run(s), pod-a alone; ms from SIGTERM",
+                self.on_request.len()
+            );
+            print_row("t_interrupted", self.on_request_interrupted().as_ref());
+            print_row("t_exit", self.on_request_exit().as_ref());
+        }
+        let mut problems: BTreeMap<String, usize> = BTreeMap::new();
+        for line in self.runs.iter().flat_map(|r| &r.log_problems) {
+            *problems.entry(without_timestamp(line)).or_default() += 1;
+        }
+        if !problems.is_empty() {
+            println!("sidecar WARN/ERROR lines over all runs (timestamps dropped, counted):");
+            for (line, count) in problems.iter().take(10) {
+                println!("  {count:>3} x {line}");
+            }
+        }
+        for r in self.runs {
+            for f in &r.failures {
+                println!("  run {:02} FAILED: {f}", r.run);
+            }
+        }
+        for r in self.on_request {
+            for f in &r.failures {
+                println!("  on_request run {:02} FAILED: {f}", r.run);
+            }
+        }
+    }
+
+    pub fn json(&self, settings: serde_json::Value) -> serde_json::Value {
+        json!({
+            "bench": "reprise-bench",
+            "scenario": "handoff",
+            "settings": settings,
+            "t_exit_ms": self.t_exit(),
+            "t_resumed_ms": self.t_resumed(),
+            "t_app_last_ms": self.of(|r| r.t_app_last_ms),
+            "gap_ms": self.of(|r| r.gap_ms),
+            "timeline_ms": self
+                .timeline()
+                .into_iter()
+                .map(|(at, p)| json!({ "at": at, "ms": p }))
+                .collect::<Vec<_>>(),
+            "on_request": {
+                "t_interrupted_ms": self.on_request_interrupted(),
+                "t_exit_ms": self.on_request_exit(),
+                "runs": self.on_request,
+            },
+            "runs": self.runs,
+            "exact": self.exact(),
+        })
+    }
+}
+
+pub fn print_run(r: &DeliverRun, runs: usize) {
+    let verdict = if r.failures.is_empty() {
+        "exact".to_owned()
+    } else {
+        format!("FAILED ({})", r.failures.len())
+    };
+    println!(
+        "  run {:>2}/{runs}: t_exit {} (exit {}), t_resumed {}, gap {}; A's app {} + B's sink {} users, {verdict}",
+        r.run,
+        opt_ms(r.t_exit_ms),
+        r.exit_code.map_or("-".into(), |c| c.to_string()),
+        opt_ms(r.t_resumed_ms),
+        opt_ms(r.gap_ms),
+        r.app_a_users,
+        r.sink_b_users,
+    );
+}
+
+pub fn print_on_request_run(r: &OnRequestRun, runs: usize) {
+    println!(
+        "  on_request run {:>2}/{runs}: t_interrupted {}, t_exit {} (exit {}){}",
+        r.run,
+        opt_ms(r.t_interrupted_ms),
+        opt_ms(r.t_exit_ms),
+        r.exit_code.map_or("-".into(), |c| c.to_string()),
+        if r.failures.is_empty() {
+            ""
+        } else {
+            ", FAILED"
+        },
+    );
+}
+
+fn print_row(name: &str, p: Option<&Percentiles>) {
+    match p {
+        Some(p) => println!(
+            "  {name:<17} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            p.p50, p.p99, p.min, p.max
+        ),
+        None => println!("  {name:<17} {:>9}", "-"),
+    }
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1} ms"))
+}
+
+/// `pod-a: 2026-…Z  WARN target: text` → `pod-a: WARN target: text`, so repeats count as one.
+fn without_timestamp(line: &str) -> String {
+    match line.split_once(": ") {
+        Some((who, rest)) => {
+            let rest = rest.trim_start();
+            let text = match rest.split_once(char::is_whitespace) {
+                Some((stamp, text)) if stamp.contains('T') && stamp.ends_with('Z') => text,
+                _ => rest,
+            };
+            format!("{who}: {}", text.trim_start())
+        }
+        None => line.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let twenty = (1..=20).map(f64::from);
+        let p = Percentiles::of(twenty).expect("values");
+        assert_eq!((p.p50, p.p99, p.min, p.max), (10.0, 20.0, 1.0, 20.0));
+        let hundred = (1..=100).map(f64::from);
+        let p = Percentiles::of(hundred).expect("values");
+        assert_eq!((p.p50, p.p99), (50.0, 99.0));
+        assert_eq!(Percentiles::of([]), None);
+    }
+
+    #[test]
+    fn timestamps_are_dropped_from_problem_lines() {
+        assert_eq!(
+            without_timestamp("pod-b: 2026-11-24T10:11:12.250000Z  WARN x: y z"),
+            "pod-b: WARN x: y z"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! The recoverer's configuration: YAML file, `REPRISE_<KEY>` environment overrides, defaults.
+//! Every bad key or value is reported at once, naming the key and the valid choices.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use serde_yaml::Value;
+
+pub const KEYS: &[&str] = &[
+    "redis_url",
+    "amqp_url",
+    "key_prefix",
+    "metrics_listen",
+    "reconcile_interval",
+    "namespaces",
+    "label_selector",
+    "kube",
+    "sidecar_container",
+    "log_format",
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub redis_url: String,
+    pub amqp_url: Option<String>,
+    pub key_prefix: String,
+    pub metrics_listen: SocketAddr,
+    pub reconcile_interval: Duration,
+    /// Empty: every namespace.
+    pub namespaces: Vec<String>,
+    pub label_selector: String,
+    /// `None`: use Kubernetes when a kubeconfig or an in-cluster service account is found.
+    pub kube: Option<bool>,
+    pub sidecar_container: String,
+    pub json_logs: bool,
+}
+
+impl Config {
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, Vec<String>> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| vec![format!("config file {}: {e}", p.display())])?,
+            None => String::new(),
+        };
+        Self::parse(&text, env)
+    }
+
+    pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut map: BTreeMap<String, Value> = BTreeMap::new();
+        if !text.trim().is_empty() {
+            match serde_yaml::from_str::<Value>(text) {
+                Ok(Value::Mapping(m)) => {
+                    for (k, v) in m {
+                        let key = k.as_str().unwrap_or_default().to_owned();
+                        if KEYS.contains(&key.as_str()) {
+                            map.insert(key, v);
+                        } else {
+                            errors.push(format!(
+                                "unknown key `{key}`; valid keys: {}",
+                                KEYS.join(", ")
+                            ));
+                        }
+                    }
+                }
+                Ok(Value::Null) => {}
+                Ok(_) => errors.push("config: the top level must be a mapping of keys".into()),
+                Err(e) => return Err(vec![format!("config: {e}")]),
+            }
+        }
+        for key in KEYS {
+            if let Some(raw) = env.get(&format!("REPRISE_{}", key.to_uppercase())) {
+                let v = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
+                map.insert((*key).to_owned(), v);
+            }
+        }
+        let text_of = |key: &str| -> Option<String> {
+            match map.get(key)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            }
+        };
+        let redis_url = text_of("redis_url").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
+            errors.push(format!(
+                "key `redis_url`: {redis_url:?} is not valid; valid schemes: redis, rediss"
+            ));
+        }
+        let amqp_url = text_of("amqp_url").filter(|u| !u.is_empty());
+        if let Some(u) = &amqp_url
+            && !u.starts_with("amqp://")
+        {
+            errors.push("key `amqp_url`: valid scheme: amqp".into());
+        }
+        let key_prefix = text_of("key_prefix").unwrap_or_else(|| "reprise".into());
+        let listen = text_of("metrics_listen").unwrap_or_else(|| "127.0.0.1:15091".into());
+        let metrics_listen = listen.parse().unwrap_or_else(|_| {
+            errors.push(format!(
+                "key `metrics_listen`: {listen:?} is not a socket address; valid: IP:PORT, e.g. 0.0.0.0:9090"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        let interval = text_of("reconcile_interval").unwrap_or_else(|| "5s".into());
+        let reconcile_interval = match humantime::parse_duration(&interval) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                errors.push(format!(
+                    "key `reconcile_interval`: {interval:?} is not a positive duration; valid: e.g. 500ms, 5s"
+                ));
+                Duration::from_secs(5)
+            }
+        };
+        let namespaces = match map.get("namespaces") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            Some(Value::String(s)) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Some(_) => {
+                errors
+                    .push("key `namespaces`: expected a list of namespace names ([] = all)".into());
+                Vec::new()
+            }
+        };
+        let label_selector =
+            text_of("label_selector").unwrap_or_else(|| "reprise.dev/injected=true".into());
+        let kube = match text_of("kube").as_deref() {
+            None | Some("auto") => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => {
+                errors.push(format!(
+                    "key `kube`: {other:?} is not valid; valid: true, false, auto"
+                ));
+                None
+            }
+        };
+        let sidecar_container =
+            text_of("sidecar_container").unwrap_or_else(|| "reprise-sidecar".into());
+        let json_logs = match text_of("log_format").as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                errors.push(format!(
+                    "key `log_format`: {other:?} is not valid; valid: text, json"
+                ));
+                false
+            }
+        };
+        if errors.is_empty() {
+            Ok(Config {
+                redis_url,
+                amqp_url,
+                key_prefix,
+                metrics_listen,
+                reconcile_interval,
+                namespaces,
+                label_selector,
+                kube,
+                sidecar_container,
+                json_logs,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let env = BTreeMap::from([("REPRISE_KUBE".to_owned(), "false".to_owned())]);
+        let c = Config::parse("namespaces: [a, b]\nreconcile_interval: 2s\n", &env).expect("valid");
+        assert_eq!(c.namespaces, ["a", "b"]);
+        assert_eq!(c.reconcile_interval, Duration::from_secs(2));
+        assert_eq!(c.kube, Some(false));
+        assert_eq!(c.label_selector, "reprise.dev/injected=true");
+        assert_eq!(c.key_prefix, "reprise");
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let errors = Config::parse(
+            "colour: red\nkube: maybe\nreconcile_interval: soon\n",
+            &BTreeMap::new(),
+        )
+        .expect_err("invalid")
+        .join("\n");
+        for needle in [
+            "unknown key `colour`; valid keys: redis_url",
+            "key `kube`: \"maybe\" is not valid; valid: true, false, auto",
+            "key `reconcile_interval`",
+        ] {
+            assert!(errors.contains(needle), "{needle:?} in {errors}");
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Connects the Kubernetes pod watch to the reconciler: its store becomes a [`PodView`] and its
+//! signals become [`Signal`]s. Without Kubernetes the recoverer runs on leases alone.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::Metrics,
+    config::Config,
+    reconcile::{PodView, Signal},
+    watch::{PodSignal, PodStore, PodWatch, PodWatchConfig},
+};
+
+struct KubeView(PodStore);
+
+impl PodView for KubeView {
+    fn synced(&self) -> bool {
+        self.0.is_ready()
+    }
+
+    fn has_pod(&self, name: &str) -> bool {
+        self.0.has_pod_named(name)
+    }
+}
+
+/// Whether Kubernetes is configured the standard way: `KUBECONFIG`, an in-cluster service
+/// account, or `~/.kube/config`.
+fn kube_configured() -> bool {
+    std::env::var_os("KUBECONFIG").is_some()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("HOME")
+            .map(|h| std::path::Path::new(&h).join(".kube/config").exists())
+            .unwrap_or(false)
+}
+
+/// Starts the pod watch when `kube` says so (or, for `auto`, when Kubernetes is configured).
+/// `Err` only when `kube: true` and no client can be built.
+pub async fn start(
+    config: &Config,
+    signals: mpsc::UnboundedSender<Signal>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<Option<Arc<dyn PodView>>, String> {
+    if !config.kube.unwrap_or_else(kube_configured) {
+        return Ok(None);
+    }
+    // kube's TLS is rustls with ring; install it as the process default once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) if config.kube == Some(true) => {
+            return Err(format!(
+                "key `kube`: true, but no Kubernetes client could be built (KUBECONFIG or in-cluster): {e}"
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "kubernetes not reachable; running on leases alone");
+            return Ok(None);
+        }
+    };
+    let watch = PodWatch::spawn(
+        client,
+        &PodWatchConfig {
+            namespaces: config.namespaces.clone(),
+            label_selector: Some(config.label_selector.clone()),
+            sidecar_container: config.sidecar_container.clone(),
+        },
+        shutdown,
+    );
+    let (store, mut pod_signals) = watch.into_parts();
+    let ready = store.clone();
+    tokio::spawn(async move {
+        if ready.wait_until_ready().await.is_ok() {
+            metrics.kube_synced.set(1);
+            tracing::info!("pod store synced");
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(s) = pod_signals.recv().await {
+            let signal = match s {
+                PodSignal::Dead {
+                    namespace,
+                    pod,
+                    reason,
+                } => Signal::PodDead {
+                    namespace,
+                    pod,
+                    reason: reason.as_str(),
+                },
+                PodSignal::ContainerKilled {
+                    namespace,
+                    pod,
+                    kill,
+                } => Signal::SidecarKilled {
+                    namespace,
+                    pod,
+                    reason: kill.reason.as_str(),
+                    finished_at_ms: kill
+                        .finished_at
+                        .and_then(|t| u64::try_from(t.0.as_millisecond()).ok()),
+                },
+            };
+            if signals.send(signal).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Some(Arc::new(KubeView(store))))
+}

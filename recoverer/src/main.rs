@@ -1,0 +1,183 @@
+//! `reprise-recoverer --config FILE`
+//!
+//! Lifecycle: config (invalid config exits 2) → tracing → Redis → RabbitMQ (optional) →
+//! Kubernetes pod watch (optional: without it, leases alone) → reconcile every
+//! `reconcile_interval` and on every pod signal → SIGTERM → stop, close the broker → exit 0.
+
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::Parser;
+use reprise_jobs::{BusConfig, EventBus, Outbox, Publisher, RedisStore, redact_url};
+use reprise_recoverer::{
+    admin::{self, Health, Metrics},
+    config::Config,
+    kube_view,
+    reconcile::{PodView, Reconciler, Signal},
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(version, about = "Reassigns the jobs of pods killed without notice")]
+struct Cli {
+    /// YAML configuration; every key can be overridden by env REPRISE_<KEY>.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Validate the configuration, then exit (0 valid, 2 invalid).
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = match Config::load(cli.config.as_deref(), &env) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!(
+                "reprise-recoverer: invalid configuration:\n{}",
+                errors.join("\n")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.json_logs {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("reprise-recoverer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "reprise-recoverer failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics_listen {}: {e}", config.metrics_listen))?;
+    tokio::spawn(admin::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    // Redis is the truth: wait for it (not ready meanwhile) rather than exit and crash-loop.
+    let redis = loop {
+        match RedisStore::connect(&config.redis_url, &config.key_prefix).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::error!(error = %e, "redis unreachable; retrying");
+                tokio::select! {
+                    _ = term.recv() => return Ok(ExitCode::SUCCESS),
+                    _ = int.recv() => return Ok(ExitCode::SUCCESS),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    health
+        .redis_ok
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let bus = match &config.amqp_url {
+        Some(url) => {
+            let bus = EventBus::start(
+                BusConfig::new(url, &config.key_prefix).with_connection_name("reprise-recoverer"),
+            )
+            .map_err(|e| anyhow::anyhow!("amqp_url {}: {e}", redact_url(url)))?;
+            let publisher = Publisher::new(bus.clone(), Outbox::new(&redis));
+            tokio::spawn(publisher.clone().run_drainer(shutdown.clone()));
+            Some((bus, publisher))
+        }
+        None => {
+            tracing::warn!(
+                "no amqp_url: orphaned jobs are not announced; sidecars find them when their apps ask"
+            );
+            None
+        }
+    };
+
+    let (signals_tx, mut signals) = mpsc::unbounded_channel::<Signal>();
+    let pods: Option<Arc<dyn PodView>> =
+        match kube_view::start(&config, signals_tx, metrics.clone(), shutdown.clone()).await {
+            Ok(view) => view,
+            Err(e) => {
+                eprintln!("reprise-recoverer: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+    if pods.is_none() {
+        tracing::info!("running on leases alone (no Kubernetes)");
+    }
+    let reconciler = Reconciler {
+        redis,
+        publisher: bus.as_ref().map(|(_, p)| p.clone()),
+        pods,
+        metrics,
+    };
+    tracing::info!(
+        prefix = %config.key_prefix,
+        interval = %humantime::format_duration(config.reconcile_interval),
+        "reprise-recoverer ready"
+    );
+
+    let mut tick = tokio::time::interval(config.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let result = tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => reconciler.reconcile().await,
+            Some(s) = signals.recv() => reconciler.on_signal(&s).await,
+        };
+        let ok = match result {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile failed; retrying next interval");
+                false
+            }
+        };
+        health
+            .redis_ok
+            .store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
+    tracing::info!("shutdown: stopping");
+    health
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    shutdown.cancel();
+    if let Some((bus, _)) = bus {
+        let _ = bus.close().await;
+    }
+    tracing::info!("shutdown: done");
+    Ok(ExitCode::SUCCESS)
+}
