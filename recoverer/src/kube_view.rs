@@ -72,10 +72,14 @@ pub async fn start(
     let (store, mut pod_signals) = watch.into_parts();
     let ready = store.clone();
     tokio::spawn(async move {
-        if ready.wait_until_ready().await.is_ok() {
-            metrics.kube_synced.set(1);
-            tracing::info!("pod store synced");
+        // Polled rather than awaited: the reconciler checks readiness with a poll of its own at
+        // any moment, and a waiter that loses that race is never woken again.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        while !ready.is_ready() {
+            tick.tick().await;
         }
+        metrics.kube_synced.set(1);
+        tracing::info!("pod store synced");
     });
     tokio::spawn(async move {
         while let Some(s) = pod_signals.recv().await {

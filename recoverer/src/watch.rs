@@ -78,15 +78,20 @@ pub struct PodWatch {
 }
 
 impl PodWatch {
-    /// Starts one watcher task per namespace (one in all for `namespaces: []`). The tasks run
-    /// until `shutdown` is cancelled; watch errors are logged, counted and retried with kube's
-    /// default backoff, never fatal.
+    /// Starts one watcher task per namespace (a single cluster-wide one for `namespaces: []`).
+    /// Must be called inside a Tokio runtime. The tasks run until `shutdown` is cancelled; watch
+    /// errors are logged, counted and retried with kube's default backoff, never fatal.
     pub fn spawn(client: Client, config: &PodWatchConfig, shutdown: CancellationToken) -> Self {
-        let namespaces: Vec<Option<String>> = if config.namespaces.is_empty() {
+        let unique: BTreeSet<&str> = config
+            .namespaces
+            .iter()
+            .map(|ns| ns.trim())
+            .filter(|ns| !ns.is_empty())
+            .collect();
+        let namespaces: Vec<Option<String>> = if unique.is_empty() {
             vec![None]
         } else {
-            let unique: BTreeSet<&String> = config.namespaces.iter().collect();
-            unique.into_iter().cloned().map(Some).collect()
+            unique.into_iter().map(|ns| Some(ns.to_owned())).collect()
         };
         let mut wc = watcher::Config::default();
         if let Some(selector) = config.label_selector.as_deref().filter(|s| !s.is_empty()) {

@@ -404,3 +404,30 @@ async fn paged_initial_list_is_read_to_the_end() {
         "{stats:?}"
     );
 }
+
+#[tokio::test]
+async fn kubeconfig_points_a_client_at_the_fake() {
+    // What a child process (the recoverer binary) gets through KUBECONFIG.
+    init_tracing();
+    let server = FakeApiServer::start().await;
+    server.add(injected_pod(NS, "web-1"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = server.write_kubeconfig(dir.path());
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig parses");
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .expect("kube config from the kubeconfig");
+    assert_eq!(config.cluster_url.to_string(), format!("{}/", server.url()));
+    let client = kube::Client::try_from(config).expect("client");
+
+    let shutdown = CancellationToken::new();
+    let watch = PodWatch::spawn(client, &PodWatchConfig::default(), shutdown.clone());
+    let store = watch.store();
+    tokio::time::timeout(WAIT, store.wait_until_ready())
+        .await
+        .expect("synced")
+        .expect("running");
+    assert!(store.get(NS, "web-1").is_some());
+    shutdown.cancel();
+}

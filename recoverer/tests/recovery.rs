@@ -2,6 +2,10 @@
 //! handoff happens; the recoverer finds the dead owner (here through its lease: no Kubernetes)
 //! and orphans the job; pod B resumes it from the last checkpoint.
 
+#[path = "support/apiserver.rs"]
+mod apiserver;
+#[path = "support/pods.rs"]
+mod kube_pods;
 #[path = "../../sidecar/tests/support/mod.rs"]
 mod support;
 
@@ -11,6 +15,7 @@ use reprise_demo::users::demo_users;
 use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
+const SYNC: Duration = Duration::from_secs(20);
 
 fn admins(n: usize) -> Vec<String> {
     demo_users(n)
@@ -29,11 +34,21 @@ fn sidecar_extra(sink_port: u16) -> String {
 
 /// Starts the recoverer on leases alone.
 fn recoverer(w: &World) -> Proc {
+    recoverer_with(w, None)
+}
+
+/// Starts the recoverer; with `kubeconfig` it watches that API server's pods in `demo`.
+fn recoverer_with(w: &World, kubeconfig: Option<&std::path::Path>) -> Proc {
     let config = w.path().join(format!("recoverer-{}.yaml", unique()));
+    let kube = if kubeconfig.is_some() {
+        "kube: true\nnamespaces: [demo]\n"
+    } else {
+        "kube: false\n"
+    };
     std::fs::write(
         &config,
         format!(
-            "redis_url: {}\namqp_url: {}\nkey_prefix: {}\nmetrics_listen: 127.0.0.1:{}\nreconcile_interval: 200ms\nkube: false\n",
+            "redis_url: {}\namqp_url: {}\nkey_prefix: {}\nmetrics_listen: 127.0.0.1:{}\nreconcile_interval: 200ms\n{kube}",
             redis_url(),
             amqp_url(),
             w.prefix,
@@ -43,6 +58,9 @@ fn recoverer(w: &World) -> Proc {
     .expect("config");
     let mut cmd = Command::new(bin("reprise-recoverer"));
     cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
+    if let Some(path) = kubeconfig {
+        cmd.env("KUBECONFIG", path);
+    }
     let p = Proc::spawn("reprise-recoverer", &mut cmd, w.path());
     wait_until("recoverer ready", LONG, || {
         p.log_text().contains("reprise-recoverer ready")
@@ -178,4 +196,105 @@ fn recoverer_down_during_the_kill_catches_up_when_it_starts() {
     w.amqp = true;
     let story = sigkill_story(&w, true);
     assert_at_least_once(&story);
+}
+
+/// The fake API server reports pod A's sidecar OOMKilled: the recoverer orphans the job at once
+/// (the 60 s lease is nowhere near expiry) and pod B resumes it from the checkpoint.
+#[test]
+fn sigkill_reported_as_oomkilled_by_kubernetes_orphans_at_once_and_b_resumes() {
+    let mut w = World::new();
+    w.amqp = true;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let api = rt.block_on(apiserver::FakeApiServer::start());
+    api.add(kube_pods::injected_pod("demo", "pod-a"));
+    api.add(kube_pods::injected_pod("demo", "pod-b"));
+    let kubeconfig = api.write_kubeconfig(w.path());
+
+    let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
+    let (sink_a, sink_b) = (free_port(), free_port());
+    let (b_port, b_metrics) = (free_port(), free_port());
+    let sink_record = w.path().join("sink-b.txt");
+    let _sink = w.sink(sink_b, &sink_record);
+    let streams = World::deliver_streams();
+    let long_lease = |c: String| c.replace("lease_ttl: 2s", "lease_ttl: 60s");
+    let mut a = w.sidecar(&long_lease(w.config_as(
+        "pod-a",
+        w.sidecar_port,
+        w.metrics_port,
+        true,
+        &streams,
+        &sidecar_extra(sink_a),
+    )));
+    let b = w.sidecar_on(
+        b_port,
+        &long_lease(w.config_as(
+            "pod-b",
+            b_port,
+            b_metrics,
+            true,
+            &streams,
+            &sidecar_extra(sink_b),
+        )),
+    );
+    wait_until("B consumes handoffs", LONG, || {
+        b.log_text().contains("taking handoffs")
+    });
+    let recoverer = recoverer_with(&w, Some(&kubeconfig));
+    wait_until("recoverer's pod store synced", SYNC, || {
+        recoverer.log_text().contains("pod store synced")
+    });
+
+    let first = w.path().join("first.txt");
+    let arg = first.to_string_lossy().to_string();
+    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    wait_until("app on A streaming", LONG, || lines(&first).len() >= 2000);
+    a.kill9();
+    app.wait_exit(LONG);
+    let job = w.job_ids().pop().expect("a job");
+    assert_eq!(
+        w.job_field(&job, "status").as_deref(),
+        Some("running"),
+        "no handoff happened"
+    );
+    let checkpoint = w.job_field(&job, "offset").expect("a checkpoint");
+
+    // What the kubelet reports after the OOM kill: the sidecar container terminated, 137.
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let killed_at = std::time::Instant::now();
+    api.update("demo", "pod-a", |pod| {
+        *pod = kube_pods::sidecar_terminated(
+            pod.clone(),
+            kube_pods::terminated(137, "OOMKilled", None, &now),
+        );
+    });
+    wait_until("job orphaned", Duration::from_secs(20), || {
+        w.job_field(&job, "status").as_deref() != Some("running")
+    });
+    eprintln!("pod event → job orphaned: {:?}", killed_at.elapsed());
+    assert!(
+        recoverer.log_text().contains("oom_killed"),
+        "{}",
+        recoverer.log_text()
+    );
+
+    let all = admins(30000);
+    let cut = all
+        .iter()
+        .position(|id| *id == checkpoint)
+        .expect("checkpoint")
+        + 1;
+    wait_until("B's sink received the rest", LONG, || {
+        lines(&sink_record).len() >= all.len() - cut
+    });
+    let story = Story {
+        got_a: lines(&first),
+        got_b: lines(&sink_record),
+        checkpoint,
+    };
+    assert_at_least_once(&story);
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(60),
+        "recovered before the lease could lapse"
+    );
+    drop(rt);
 }

@@ -137,11 +137,6 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         pod: config.pod_name.clone(),
         instance: uuid::Uuid::new_v4().simple().to_string(),
     };
-    if config.amqp_url.is_some() {
-        tracing::warn!(
-            "amqp_url is set, but this version publishes no handoff events yet; it is ignored"
-        );
-    }
     if config.redis_url.is_none() {
         tracing::warn!(
             "no redis_url: offsets live in this process only (resume survives upstream failures, not a sidecar restart)"

@@ -8,6 +8,28 @@ use serde_json::json;
 
 use super::run::{DeliverRun, OnRequestRun, milestone_names};
 
+/// The way from SIGTERM to each measure, step by step: (name, from, to), where a point is a
+/// milestone of the logs, `sigterm` (0), `t_resumed` or `t_exit`. B's way: the first four
+/// steps, then `b_first_delivery`; A's: the first three, then `a_steps_4_5`, `a_process_exit`.
+const STEPS: [(&str, &str, &str); 7] = [
+    ("step1_drain", "sigterm", "a_drain_over"),
+    ("step2_cancel_consumer", "a_drain_over", "a_interrupting"),
+    ("step3_interrupt_publish", "a_interrupting", "a_published"),
+    ("b_claim", "a_published", "b_took_over"),
+    ("b_first_delivery", "b_took_over", "t_resumed"),
+    ("a_steps_4_5", "a_published", "a_complete"),
+    ("a_process_exit", "a_complete", "t_exit"),
+];
+
+fn point(r: &DeliverRun, name: &str) -> Option<f64> {
+    match name {
+        "sigterm" => Some(0.0),
+        "t_resumed" => r.t_resumed_ms,
+        "t_exit" => r.t_exit_ms,
+        milestone => r.timeline_ms.get(milestone).copied(),
+    }
+}
+
 /// Nearest-rank percentiles (each is one of the values) and the extremes, in ms.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Percentiles {
@@ -68,12 +90,35 @@ impl Summary<'_> {
             .collect()
     }
 
+    /// Each step's duration over the runs (runs whose logs lack either end are left out).
+    fn steps(&self) -> Vec<(&'static str, Percentiles)> {
+        STEPS
+            .iter()
+            .filter_map(|&(name, from, to)| {
+                let values = self
+                    .runs
+                    .iter()
+                    .filter_map(|r| Some(round_us(point(r, to)? - point(r, from)?)));
+                Some((name, Percentiles::of(values)?))
+            })
+            .collect()
+    }
+
     fn on_request_interrupted(&self) -> Option<Percentiles> {
         Percentiles::of(self.on_request.iter().filter_map(|r| r.t_interrupted_ms))
     }
 
     fn on_request_exit(&self) -> Option<Percentiles> {
         Percentiles::of(self.on_request.iter().filter_map(|r| r.t_exit_ms))
+    }
+
+    /// Every WARN/ERROR line of the sidecars without its timestamp, and how often it came.
+    fn log_problems(&self) -> BTreeMap<String, usize> {
+        let mut problems = BTreeMap::new();
+        for line in self.runs.iter().flat_map(|r| &r.log_problems) {
+            *problems.entry(without_timestamp(line)).or_default() += 1;
+        }
+        problems
     }
 
     pub fn exact(&self) -> bool {
@@ -89,7 +134,7 @@ impl Summary<'_> {
             self.drain_period
         );
         println!(
-            "  {:<17} {:>9} {:>9} {:>9} {:>9}",
+            "  {:<23} {:>9} {:>9} {:>9} {:>9}",
             "measure", "p50", "p99", "min", "max"
         );
         for (name, p) in [
@@ -107,8 +152,11 @@ impl Summary<'_> {
         if n < 100 {
             println!("  nearest-rank percentiles: with {n} run(s), p99 is the max");
         }
-        println!("  where the time goes (the sidecars' log lines, ms after SIGTERM):");
-        for (name, p) in self.timeline() {
+        println!(
+            "  where the time goes, step by step (from the sidecars' log lines; B: the first 5 \
+             add up to t_resumed, A: the first 3 and the last 2 to t_exit):"
+        );
+        for (name, p) in self.steps() {
             print_row(name, Some(&p));
         }
         if !self.on_request.is_empty() {
@@ -119,10 +167,7 @@ impl Summary<'_> {
             print_row("t_interrupted", self.on_request_interrupted().as_ref());
             print_row("t_exit", self.on_request_exit().as_ref());
         }
-        let mut problems: BTreeMap<String, usize> = BTreeMap::new();
-        for line in self.runs.iter().flat_map(|r| &r.log_problems) {
-            *problems.entry(without_timestamp(line)).or_default() += 1;
-        }
+        let problems = self.log_problems();
         if !problems.is_empty() {
             println!("sidecar WARN/ERROR lines over all runs (timestamps dropped, counted):");
             for (line, count) in problems.iter().take(10) {
@@ -150,6 +195,11 @@ impl Summary<'_> {
             "t_resumed_ms": self.t_resumed(),
             "t_app_last_ms": self.of(|r| r.t_app_last_ms),
             "gap_ms": self.of(|r| r.gap_ms),
+            "steps_ms": self
+                .steps()
+                .into_iter()
+                .map(|(step, p)| json!({ "step": step, "ms": p }))
+                .collect::<Vec<_>>(),
             "timeline_ms": self
                 .timeline()
                 .into_iter()
@@ -161,6 +211,7 @@ impl Summary<'_> {
                 "runs": self.on_request,
             },
             "runs": self.runs,
+            "log_problem_lines": self.log_problems(),
             "exact": self.exact(),
         })
     }
@@ -202,11 +253,15 @@ pub fn print_on_request_run(r: &OnRequestRun, runs: usize) {
 fn print_row(name: &str, p: Option<&Percentiles>) {
     match p {
         Some(p) => println!(
-            "  {name:<17} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            "  {name:<23} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
             p.p50, p.p99, p.min, p.max
         ),
-        None => println!("  {name:<17} {:>9}", "-"),
+        None => println!("  {name:<23} {:>9}", "-"),
     }
+}
+
+fn round_us(ms: f64) -> f64 {
+    (ms * 1e3).round() / 1e3
 }
 
 fn opt_ms(v: Option<f64>) -> String {

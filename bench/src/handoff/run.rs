@@ -83,7 +83,8 @@ pub struct DeliverRun {
     /// Milliseconds from SIGTERM to each milestone line of the sidecars' logs.
     pub timeline_ms: BTreeMap<&'static str, f64>,
     pub failures: Vec<String>,
-    /// WARN/ERROR lines of the sidecars, `pod-x: line`.
+    /// WARN/ERROR lines of the sidecars, `pod-x: line` (counted over all runs in the JSON).
+    #[serde(skip)]
     pub log_problems: Vec<String>,
 }
 

@@ -60,7 +60,7 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
 pub struct Stats {
     /// List requests received (each page counts).
     pub lists: usize,
-    /// Watch requests received.
+    /// Watch requests answered (counted once the watch is registered, so it can be cut).
     pub watches: usize,
     /// Watches answered with a 410 `ERROR` event (or lists with an expired continue token).
     pub gone: usize,
@@ -768,7 +768,6 @@ fn watch_response(
     filter: Filter,
     query: &HashMap<String, String>,
 ) -> Response<Body> {
-    shared.stats.send_modify(|s| s.watches += 1);
     let from = query.get("resourceVersion").map_or("", String::as_str);
     let bookmarks = query
         .get("allowWatchBookmarks")
@@ -779,9 +778,11 @@ fn watch_response(
         .lock()
         .expect("cluster lock")
         .watch(filter, from, bookmarks, tx);
-    if !open {
-        shared.stats.send_modify(|s| s.gone += 1);
-    }
+    // Counted once registered, so a test that saw the count can cut this watch.
+    shared.stats.send_modify(|s| {
+        s.watches += 1;
+        s.gone += usize::from(!open);
+    });
 
     let events = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))

@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# One image with every Reprise binary: reprise-sidecar, reprise-recoverer, the reprise CLI and
+# the demo apps (demo-server, demo-client, demo-sink). The manifests in k8s/ pick the binary
+# with `command:`. Build from the repository root:
+#
+#   docker build -t reprise:latest .
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS builder
+WORKDIR /src
+COPY . .
+# protoc is vendored by the build (protoc-bin-vendored): nothing to apt-get. The cache mounts
+# (BuildKit) keep downloaded crates and compiled dependencies between builds, so a source change
+# rebuilds only the workspace's own crates. target/ lives in the cache, so the binaries are
+# copied out in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+ && mkdir -p /out \
+ && cd target/release \
+ && cp reprise-sidecar reprise-recoverer reprise demo-server demo-client demo-sink /out/
+
+FROM debian:bookworm-slim
+LABEL org.opencontainers.image.title="reprise" \
+      org.opencontainers.image.description="Reprise: resumable gRPC server streams (sidecar, recoverer, CLI, demo apps)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 65532 reprise \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin reprise
+COPY --from=builder /out/ /usr/local/bin/
+# Numeric, so that the kubelet can enforce runAsNonRoot without looking the name up.
+USER 65532:65532
+# 15001: the sidecar's listener, 15090: its metrics and probes, 9090: the recoverer's.
+EXPOSE 15001 15090 9090
+CMD ["reprise-sidecar", "--config", "/etc/reprise/sidecar.yaml"]
