@@ -11,26 +11,10 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use reprise_demo::users::demo_users;
 use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 const SYNC: Duration = Duration::from_secs(20);
-
-fn admins(n: usize) -> Vec<String> {
-    demo_users(n)
-        .into_iter()
-        .filter(|u| u.role == "admin")
-        .map(|u| u.user_id)
-        .collect()
-}
-
-fn sidecar_extra(sink_port: u16) -> String {
-    format!(
-        "amqp_url: {}\nresume_sink: http://127.0.0.1:{sink_port}\n",
-        amqp_url()
-    )
-}
 
 /// Starts the recoverer on leases alone.
 fn recoverer(w: &World) -> Proc {
@@ -88,7 +72,7 @@ fn sigkill_story(w: &World, start_recoverer_late: bool) -> Story {
         w.metrics_port,
         true,
         &streams,
-        &sidecar_extra(sink_a),
+        &deliver_extra(sink_a),
     ));
     let b = w.sidecar_on(
         b_port,
@@ -98,7 +82,7 @@ fn sigkill_story(w: &World, start_recoverer_late: bool) -> Story {
             b_metrics,
             true,
             &streams,
-            &sidecar_extra(sink_b),
+            &deliver_extra(sink_b),
         ),
     );
     wait_until("B consumes handoffs", LONG, || {
@@ -132,7 +116,7 @@ fn sigkill_story(w: &World, start_recoverer_late: bool) -> Story {
         recoverer(w)
     });
 
-    let all = admins(30000);
+    let all = admin_ids(30000);
     let cut = all
         .iter()
         .position(|id| *id == checkpoint)
@@ -152,7 +136,7 @@ fn sigkill_story(w: &World, start_recoverer_late: bool) -> Story {
 }
 
 fn assert_at_least_once(story: &Story) {
-    let all = admins(30000);
+    let all = admin_ids(30000);
     let cut = all
         .iter()
         .position(|id| *id == story.checkpoint)
@@ -223,7 +207,7 @@ fn sigkill_reported_as_oomkilled_by_kubernetes_orphans_at_once_and_b_resumes() {
         w.metrics_port,
         true,
         &streams,
-        &sidecar_extra(sink_a),
+        &deliver_extra(sink_a),
     )));
     let b = w.sidecar_on(
         b_port,
@@ -233,7 +217,7 @@ fn sigkill_reported_as_oomkilled_by_kubernetes_orphans_at_once_and_b_resumes() {
             b_metrics,
             true,
             &streams,
-            &sidecar_extra(sink_b),
+            &deliver_extra(sink_b),
         )),
     );
     wait_until("B consumes handoffs", LONG, || {
@@ -277,7 +261,7 @@ fn sigkill_reported_as_oomkilled_by_kubernetes_orphans_at_once_and_b_resumes() {
         recoverer.log_text()
     );
 
-    let all = admins(30000);
+    let all = admin_ids(30000);
     let cut = all
         .iter()
         .position(|id| *id == checkpoint)

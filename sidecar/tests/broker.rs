@@ -6,7 +6,6 @@ mod support;
 
 use std::{process::Command, sync::Mutex, time::Duration};
 
-use reprise_demo::users::demo_users;
 use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -36,21 +35,6 @@ impl Drop for Restore {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").arg("start_app").output();
     }
-}
-
-fn admins(n: usize) -> Vec<String> {
-    demo_users(n)
-        .into_iter()
-        .filter(|u| u.role == "admin")
-        .map(|u| u.user_id)
-        .collect()
-}
-
-fn extra(sink_port: u16) -> String {
-    format!(
-        "amqp_url: {}\nresume_sink: http://127.0.0.1:{sink_port}\n",
-        amqp_url()
-    )
 }
 
 fn outbox_len(w: &World) -> usize {
@@ -91,11 +75,18 @@ fn broker_down_during_sigterm_the_event_waits_in_the_outbox_then_b_takes_over() 
         w.metrics_port,
         true,
         &streams,
-        &extra(sink_a),
+        &deliver_extra(sink_a),
     ));
     let b = w.sidecar_on(
         b_port,
-        &w.config_as("pod-b", b_port, b_metrics, true, &streams, &extra(sink_b)),
+        &w.config_as(
+            "pod-b",
+            b_port,
+            b_metrics,
+            true,
+            &streams,
+            &deliver_extra(sink_b),
+        ),
     );
     wait_until("B consumes handoffs", LONG, || {
         b.log_text().contains("taking handoffs")
@@ -114,7 +105,7 @@ fn broker_down_during_sigterm_the_event_waits_in_the_outbox_then_b_takes_over() 
     assert_eq!(outbox_len(&w), 1, "the event waits in the outbox");
 
     broker_back();
-    let all = admins(30000);
+    let all = admin_ids(30000);
     wait_until("B's sink received the rest", LONG, || {
         lines(&sink_record).len() >= all.len() - got_a.len()
     });
@@ -137,7 +128,7 @@ fn broker_restarted_in_the_middle_of_a_handoff_loses_nothing() {
         w.metrics_port,
         true,
         &streams,
-        &extra(sink_a),
+        &deliver_extra(sink_a),
     ));
 
     // A hands off (the event is confirmed: it sits in the durable quorum queue); the broker
@@ -157,9 +148,16 @@ fn broker_restarted_in_the_middle_of_a_handoff_loses_nothing() {
     let _sink_b = w.sink(sink_b, &sink_record);
     let _b = w.sidecar_on(
         b_port,
-        &w.config_as("pod-b", b_port, b_metrics, true, &streams, &extra(sink_b)),
+        &w.config_as(
+            "pod-b",
+            b_port,
+            b_metrics,
+            true,
+            &streams,
+            &deliver_extra(sink_b),
+        ),
     );
-    let all = admins(30000);
+    let all = admin_ids(30000);
     wait_until("B's sink received the rest", LONG, || {
         lines(&sink_record).len() >= all.len() - got_a.len()
     });

@@ -5,25 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use reprise_demo::users::demo_users;
 use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
-
-fn admins(n: usize) -> Vec<String> {
-    demo_users(n)
-        .into_iter()
-        .filter(|u| u.role == "admin")
-        .map(|u| u.user_id)
-        .collect()
-}
-
-fn extra(sink_port: u16) -> String {
-    format!(
-        "amqp_url: {}\nresume_sink: http://127.0.0.1:{sink_port}\n",
-        amqp_url()
-    )
-}
 
 #[test]
 fn sigterm_hands_the_job_to_another_pod_and_its_sink_receives_the_rest() {
@@ -41,11 +25,18 @@ fn sigterm_hands_the_job_to_another_pod_and_its_sink_receives_the_rest() {
         w.metrics_port,
         true,
         &streams,
-        &extra(sink_a),
+        &deliver_extra(sink_a),
     ));
     let b = w.sidecar_on(
         b_port,
-        &w.config_as("pod-b", b_port, b_metrics, true, &streams, &extra(sink_b)),
+        &w.config_as(
+            "pod-b",
+            b_port,
+            b_metrics,
+            true,
+            &streams,
+            &deliver_extra(sink_b),
+        ),
     );
     wait_until("B consumes handoffs", LONG, || {
         b.log_text().contains("taking handoffs")
@@ -72,7 +63,7 @@ fn sigterm_hands_the_job_to_another_pod_and_its_sink_receives_the_rest() {
     }
     app_a.wait_exit(LONG);
 
-    let all = admins(30000);
+    let all = admin_ids(30000);
     let got_a = lines(&first);
     wait_until("B's sink received the rest", LONG, || {
         lines(&sink_record).len() >= all.len() - got_a.len()

@@ -5,18 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use reprise_demo::users::demo_users;
 use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
-
-fn admins(n: usize) -> Vec<String> {
-    demo_users(n)
-        .into_iter()
-        .filter(|u| u.role == "admin")
-        .map(|u| u.user_id)
-        .collect()
-}
 
 /// Asserts the shutdown steps appear in the log once each, in order.
 fn assert_steps_in_order(log: &str) {
@@ -73,7 +64,7 @@ fn sigterm_hands_the_job_over_and_the_app_on_another_pod_gets_only_the_rest() {
     let arg = second.to_string_lossy().to_string();
     let (status, summary) = w.client_at(b_port, &["users", "--role", "admin", "--record", &arg]);
     assert!(status.success(), "{summary}");
-    let all = admins(30000);
+    let all = admin_ids(30000);
     let got_b = lines(&second);
     assert_eq!(got_a, all[..got_a.len()], "A's app: an in-order prefix");
     assert_eq!(got_b, all[got_a.len()..], "B's app: exactly the rest");

@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use reprise_demo::users::demo_users;
 use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -29,11 +28,7 @@ fn only_job(w: &World) -> String {
 /// Checks the second run got exactly the users after the stored offset, and the first run a
 /// prefix up to it: together every admin user, none twice.
 fn assert_resumed_exactly(first: &[String], second: &[String], offset: &str, users: usize) {
-    let admins: Vec<String> = demo_users(users)
-        .into_iter()
-        .filter(|u| u.role == "admin")
-        .map(|u| u.user_id)
-        .collect();
+    let admins = admin_ids(users);
     let cut = admins
         .iter()
         .position(|id| id == offset)
@@ -151,11 +146,7 @@ fn without_redis_the_in_process_store_resumes_an_interrupted_job() {
     assert!(status.success(), "{summary}");
     let (first, second) = (lines(&first), lines(&second));
     let next = second.first().expect("second run got users");
-    let admins: Vec<String> = demo_users(30000)
-        .into_iter()
-        .filter(|u| u.role == "admin")
-        .map(|u| u.user_id)
-        .collect();
+    let admins = admin_ids(30000);
     let at = admins.iter().position(|id| id == next).expect("real user");
     assert!(at >= first.len() && at > 0, "resumed, not restarted");
     assert_eq!(&second[..], &admins[at..]);

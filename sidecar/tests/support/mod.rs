@@ -394,6 +394,23 @@ impl World {
     }
 }
 
+/// The demo's admin users in stream order: what `users --role admin` must deliver.
+pub fn admin_ids(users: usize) -> Vec<String> {
+    reprise_demo::users::demo_users(users)
+        .into_iter()
+        .filter(|u| u.role == "admin")
+        .map(|u| u.user_id)
+        .collect()
+}
+
+/// The sidecar config lines of deliver mode: the broker, and the app's ResumeSink port.
+pub fn deliver_extra(sink_port: u16) -> String {
+    format!(
+        "amqp_url: {}\nresume_sink: http://127.0.0.1:{sink_port}\n",
+        amqp_url()
+    )
+}
+
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
