@@ -11,6 +11,7 @@
 mod handoff;
 mod load;
 mod procs;
+mod recovery;
 mod report;
 mod rig;
 
@@ -108,6 +109,9 @@ const EVENT_BYTES: usize = 100;
 const WARMUP_DIVISOR: u64 = 20;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "recovery") {
+        return recovery::main();
+    }
     let args = Args::parse();
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,

@@ -59,6 +59,19 @@ impl Events {
         let bus = EventBus::start(config)
             .map_err(|e| format!("key `amqp_url` ({}): {e}", redact(url)))?;
         let publisher = Publisher::new(bus.clone(), Outbox::new(redis));
+        // Declare the service's queue up front, so the first handoff published during a
+        // shutdown does not pay for it (and events wait in it before any consumer runs).
+        let (declarer, service_name) = (bus.clone(), service.to_owned());
+        tokio::spawn(async move {
+            if declarer
+                .wait_connected(Duration::from_secs(60))
+                .await
+                .is_ok()
+                && let Err(e) = declarer.declare_service(&service_name).await
+            {
+                tracing::warn!(error = %e, "cannot declare the service's resume queue yet");
+            }
+        });
         Ok(Events {
             service: service.to_owned(),
             owner: owner.clone(),

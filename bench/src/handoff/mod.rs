@@ -9,7 +9,9 @@
 //!
 //! The on_request path has no second pod: it measures SIGTERM → the job reads `interrupted`.
 
+mod check;
 mod report;
+mod rig;
 mod run;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::rig::{self, Setup};
+use crate::rig::{self as throughput_rig, Setup};
 
 pub struct Options {
     pub runs: usize,
@@ -26,6 +28,16 @@ pub struct Options {
     pub drain_period: Option<String>,
     pub keep_logs: bool,
 }
+
+/// The demo server's database and pace, as in `sidecar/tests/deliver.rs`: 10,000 admins at
+/// about one message per millisecond (the pause is a tokio timer).
+const USERS: usize = 30_000;
+const DELAY_US: u32 = 100;
+/// A's app has this many users when A gets SIGTERM: the stream is well under way.
+const SIGTERM_AFTER: usize = 1_000;
+/// The sidecars' service, and the method they resume.
+const SERVICE: &str = "bench";
+const USERS_METHOD: &str = "demo.v1.UserService/ListUsers";
 
 /// The sidecar's own `drain_period` default, for the output.
 const DEFAULT_DRAIN_PERIOD: &str = "1s";
@@ -41,17 +53,17 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     let amqp_url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     // The handoff is Redis plus RabbitMQ: without either there is nothing to measure.
-    rig::redis_reachable(&redis_url)
+    throughput_rig::redis_reachable(&redis_url)
         .map_err(|e| anyhow::anyhow!("Redis unreachable at $REDIS_URL or its default: {e}"))?;
     let rt = tokio::runtime::Runtime::new()?;
-    run::amqp_reachable(&rt, &amqp_url)
+    rig::amqp_reachable(&rt, &amqp_url)
         .context("RabbitMQ unreachable at $AMQP_URL or its default")?;
-    let admins = reprise_demo::users::demo_users(run::USERS)
+    let admins = reprise_demo::users::demo_users(USERS)
         .into_iter()
         .filter(|u| u.role == "admin")
         .map(|u| u.user_id)
         .collect();
-    let settings = run::Settings {
+    let settings = rig::Settings {
         dir: dir.path().to_owned(),
         descriptors: Setup::write_descriptors(dir.path())?,
         redis_url,
@@ -68,9 +80,9 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
          pod-a once its app has {} admins; drain_period {drain_period}; Redis and RabbitMQ on",
         crate::cpus(),
         crate::cpu_model(),
-        run::USERS,
-        run::DELAY_US,
-        run::SIGTERM_AFTER,
+        USERS,
+        DELAY_US,
+        SIGTERM_AFTER,
     );
 
     // Timings on a shared 2-core machine mean little if something else was busy.
@@ -102,9 +114,9 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     let line = summary.json(json!({
         "runs": opts.runs,
         "on_request_runs": opts.on_request_runs,
-        "users": run::USERS,
-        "delay_us": run::DELAY_US,
-        "sigterm_after": run::SIGTERM_AFTER,
+        "users": USERS,
+        "delay_us": DELAY_US,
+        "sigterm_after": SIGTERM_AFTER,
         "drain_period": opts.drain_period.as_deref().unwrap_or(DEFAULT_DRAIN_PERIOD),
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "machine": { "cpus": crate::cpus(), "model": crate::cpu_model() },

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::json;
 
-use super::run::{DeliverRun, OnRequestRun, milestone_names};
+use super::{
+    check::milestone_names,
+    run::{DeliverRun, OnRequestRun},
+};
 
 /// The way from SIGTERM to each measure, step by step: (name, from, to), where a point is a
 /// milestone of the logs, `sigterm` (0), `t_resumed` or `t_exit`. B's way: the first four
@@ -143,11 +146,11 @@ impl Summary<'_> {
             ("t_app_last", self.of(|r| r.t_app_last_ms)),
             ("gap", self.of(|r| r.gap_ms)),
         ] {
-            print_row(name, p.as_ref());
+            print_row(name, p.as_ref(), n);
         }
         println!(
-            "  t_app_last: the last message at A's app; gap = t_resumed - t_app_last (the stream \
-             stood still); polled every 1 ms"
+            "  t_app_last: the last message at A's app after the SIGTERM (none in some runs); \
+             gap = t_resumed - t_app_last (the stream stood still); polled every 1 ms"
         );
         if n < 100 {
             println!("  nearest-rank percentiles: with {n} run(s), p99 is the max");
@@ -157,15 +160,20 @@ impl Summary<'_> {
              add up to t_resumed, A: the first 3 and the last 2 to t_exit):"
         );
         for (name, p) in self.steps() {
-            print_row(name, Some(&p));
+            print_row(name, Some(&p), n);
         }
         if !self.on_request.is_empty() {
             println!(
                 "on_request: {} run(s), pod-a alone; ms from SIGTERM",
                 self.on_request.len()
             );
-            print_row("t_interrupted", self.on_request_interrupted().as_ref());
-            print_row("t_exit", self.on_request_exit().as_ref());
+            let runs = self.on_request.len();
+            print_row(
+                "t_interrupted",
+                self.on_request_interrupted().as_ref(),
+                runs,
+            );
+            print_row("t_exit", self.on_request_exit().as_ref(), runs);
         }
         let problems = self.log_problems();
         if !problems.is_empty() {
@@ -250,11 +258,20 @@ pub fn print_on_request_run(r: &OnRequestRun, runs: usize) {
     );
 }
 
-fn print_row(name: &str, p: Option<&Percentiles>) {
+/// One measure's row; `runs` is how many runs there were, to say when some had no value.
+fn print_row(name: &str, p: Option<&Percentiles>, runs: usize) {
     match p {
         Some(p) => println!(
-            "  {name:<23} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-            p.p50, p.p99, p.min, p.max
+            "  {name:<23} {:>9.1} {:>9.1} {:>9.1} {:>9.1}{}",
+            p.p50,
+            p.p99,
+            p.min,
+            p.max,
+            if p.n < runs {
+                format!("  ({} of {runs} runs)", p.n)
+            } else {
+                String::new()
+            }
         ),
         None => println!("  {name:<23} {:>9}", "-"),
     }
