@@ -8,12 +8,15 @@
 //! Redis keys removed. Exit 1 if any stream (or handoff run) was not exactly what the server
 //! sent; 2 if the bench itself could not run.
 
+mod brokers;
+mod fleet;
 mod handoff;
 mod load;
 mod procs;
 mod recovery;
 mod report;
 mod rig;
+mod timing;
 
 use std::{
     collections::BTreeMap,
@@ -357,6 +360,13 @@ fn cpu_model() -> String {
 
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg has them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn print_header(args: &Args, setup: &Setup, routes: &[Route]) {

@@ -2,13 +2,17 @@
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use rustix::process::Signal;
+
+/// How long a process may take to listen (or a run's stage to begin) before the bench gives up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A child process whose output goes to a log file; killed when dropped.
 pub struct Proc {
@@ -38,9 +42,18 @@ impl Proc {
     /// Sends SIGTERM. Directly, not through `kill(1)`: a fork and exec would blur the instant
     /// the handoff timings start from.
     pub fn terminate(&self) -> anyhow::Result<()> {
+        self.signal(Signal::TERM, "SIGTERM")
+    }
+
+    /// Sends SIGKILL, as directly: the recovery timings start from it.
+    pub fn sigkill(&self) -> anyhow::Result<()> {
+        self.signal(Signal::KILL, "SIGKILL")
+    }
+
+    fn signal(&self, signal: Signal, name: &str) -> anyhow::Result<()> {
         let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-            .with_context(|| format!("SIGTERM to {} ({})", self.name, self.pid()))
+        rustix::process::kill_process(pid, signal)
+            .with_context(|| format!("{name} to {} ({})", self.name, self.pid()))
     }
 
     /// The exit status, once the process has exited.
@@ -121,6 +134,32 @@ pub fn sibling_bin(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// `reprise-sidecar` on `config`, written to `config_path`, its output to `log`; returns once it
+/// listens on `port` and on `metrics_port`.
+pub fn spawn_sidecar(
+    config: &str,
+    config_path: &Path,
+    log: PathBuf,
+    port: u16,
+    metrics_port: u16,
+) -> anyhow::Result<Proc> {
+    std::fs::write(config_path, config)?;
+    let mut cmd = Command::new(sibling_bin("reprise-sidecar")?);
+    cmd.arg("--config")
+        .arg(config_path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    let mut proc = Proc::spawn("reprise-sidecar", &mut cmd, log)?;
+    proc.wait_port(port, START_TIMEOUT)?;
+    proc.wait_port(metrics_port, START_TIMEOUT)?;
+    Ok(proc)
+}
+
+/// Paths and URLs as JSON strings: valid YAML whatever characters they hold.
+pub fn quote(v: &str) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 /// The first of `names` found on PATH or in the sbin directories (where Debian puts nginx).

@@ -14,10 +14,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use crate::procs::{Proc, free_port, sibling_bin};
+use crate::procs::{Proc, START_TIMEOUT, free_port, quote, sibling_bin, spawn_sidecar};
 
 pub const EVENTS_METHOD: &str = "demo.v1.EventService/StreamEvents";
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the load generator reaches the demo server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -110,8 +109,6 @@ impl Rig {
     fn start_sidecar(&mut self, setup: &Setup, scenario: &str) -> anyhow::Result<()> {
         self.sidecar_port = free_port()?;
         self.metrics_port = free_port()?;
-        // Paths and URLs as JSON strings: valid YAML whatever characters they hold.
-        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
         let redis_line = setup
             .redis_url
             .as_deref()
@@ -138,18 +135,13 @@ impl Rig {
             mp = self.metrics_port,
             interval = setup.checkpoint_interval,
         );
-        let path = setup.dir.join(format!("sidecar-{scenario}.yaml"));
-        std::fs::write(&path, config)?;
-        let mut cmd = Command::new(sibling_bin("reprise-sidecar")?);
-        cmd.arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
-        let log = setup.dir.join(format!("sidecar-{scenario}.log"));
-        let mut proc = Proc::spawn("reprise-sidecar", &mut cmd, log)?;
-        proc.wait_port(self.sidecar_port, START_TIMEOUT)?;
-        proc.wait_port(self.metrics_port, START_TIMEOUT)?;
-        self.sidecar = Some(proc);
+        self.sidecar = Some(spawn_sidecar(
+            &config,
+            &setup.dir.join(format!("sidecar-{scenario}.yaml")),
+            setup.dir.join(format!("sidecar-{scenario}.log")),
+            self.sidecar_port,
+            self.metrics_port,
+        )?);
         Ok(())
     }
 

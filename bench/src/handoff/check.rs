@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 /// Log lines that mark the way from SIGTERM to the rest arriving at B: (name, pod, text).
@@ -59,54 +59,20 @@ pub(super) fn exactness(admins: &[String], app_a: &[String], sink_b: &[String]) 
     ))
 }
 
-/// Milliseconds from `signalled` to the first log line of each milestone (both sidecars log
-/// wall-clock UTC time with microseconds, as the bench's clock does).
+/// Milliseconds from `signalled` to the first log line of each milestone.
 pub(super) fn timeline(
     a_log: &str,
     b_log: &str,
     signalled: SystemTime,
 ) -> BTreeMap<&'static str, f64> {
-    let since_epoch = signalled.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let signal_of_day = since_epoch.as_secs_f64() % 86_400.0;
-    MILESTONES
-        .iter()
-        .filter_map(|&(name, pod, text)| {
-            let log = match pod {
-                Pod::A => a_log,
-                Pod::B => b_log,
-            };
-            let at = log
-                .lines()
-                .find(|l| l.contains(text))
-                .and_then(time_of_day)?;
-            // A run that crosses midnight UTC.
-            let mut d = at - signal_of_day;
-            if d < -43_200.0 {
-                d += 86_400.0;
-            }
-            Some((name, round_us(d * 1e3)))
-        })
-        .collect()
-}
-
-/// Seconds since midnight of a log line starting `2026-11-24T10:11:12.123456Z`.
-fn time_of_day(line: &str) -> Option<f64> {
-    let stamp = line.split_whitespace().next()?;
-    let (_, time) = stamp.split_once('T')?;
-    let mut parts = time.trim_end_matches('Z').split(':');
-    let h: f64 = parts.next()?.parse().ok()?;
-    let m: f64 = parts.next()?.parse().ok()?;
-    let s: f64 = parts.next()?.parse().ok()?;
-    Some(h * 3600.0 + m * 60.0 + s)
-}
-
-/// Milliseconds, to the microsecond.
-pub(super) fn ms(d: Duration) -> f64 {
-    round_us(d.as_secs_f64() * 1e3)
-}
-
-pub(super) fn round_us(ms: f64) -> f64 {
-    (ms * 1e3).round() / 1e3
+    let milestones = MILESTONES.iter().map(|&(name, pod, text)| {
+        let log = match pod {
+            Pod::A => a_log,
+            Pod::B => b_log,
+        };
+        (name, log, text)
+    });
+    crate::timing::timeline(milestones, signalled)
 }
 
 #[cfg(test)]
@@ -131,12 +97,5 @@ mod tests {
         assert!(lost.contains("0 twice, 1 lost"), "{lost}");
         let order = exactness(&admins, &ids(&["a", "c"]), &ids(&["b", "d"])).unwrap_or_default();
         assert!(order.contains("first out of place at #2"), "{order}");
-    }
-
-    #[test]
-    fn log_time_of_day() {
-        let line = "2026-11-24T10:11:12.250000Z  INFO reprise_sidecar::shutdown: shutdown 1/5";
-        assert_eq!(time_of_day(line), Some(36_672.25));
-        assert_eq!(time_of_day("no timestamp here"), None);
     }
 }

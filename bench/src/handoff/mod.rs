@@ -11,7 +11,6 @@
 
 mod check;
 mod report;
-mod rig;
 mod run;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::rig::{self as throughput_rig, Setup};
+use crate::fleet::Shared;
 
 pub struct Options {
     pub runs: usize,
@@ -35,9 +34,6 @@ const USERS: usize = 30_000;
 const DELAY_US: u32 = 100;
 /// A's app has this many users when A gets SIGTERM: the stream is well under way.
 const SIGTERM_AFTER: usize = 1_000;
-/// The sidecars' service, and the method they resume.
-const SERVICE: &str = "bench";
-const USERS_METHOD: &str = "demo.v1.UserService/ListUsers";
 
 /// The sidecar's own `drain_period` default, for the output.
 const DEFAULT_DRAIN_PERIOD: &str = "1s";
@@ -49,27 +45,10 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         .prefix("reprise-bench")
         .disable_cleanup(opts.keep_logs)
         .tempdir()?;
-    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let amqp_url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    // The handoff is Redis plus RabbitMQ: without either there is nothing to measure.
-    throughput_rig::redis_reachable(&redis_url)
-        .map_err(|e| anyhow::anyhow!("Redis unreachable at $REDIS_URL or its default: {e}"))?;
     let rt = tokio::runtime::Runtime::new()?;
-    rig::amqp_reachable(&rt, &amqp_url)
-        .context("RabbitMQ unreachable at $AMQP_URL or its default")?;
-    let admins = reprise_demo::users::demo_users(USERS)
-        .into_iter()
-        .filter(|u| u.role == "admin")
-        .map(|u| u.user_id)
-        .collect();
-    let settings = rig::Settings {
-        dir: dir.path().to_owned(),
-        descriptors: Setup::write_descriptors(dir.path())?,
-        redis_url,
-        amqp_url,
+    let settings = run::Settings {
+        fleet: Shared::new(dir.path(), &rt, USERS)?,
         drain_period: opts.drain_period.clone(),
-        admins,
     };
     let drain_period = opts
         .drain_period
@@ -86,7 +65,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     );
 
     // Timings on a shared 2-core machine mean little if something else was busy.
-    let load_before = load_average();
+    let load_before = crate::load_average();
     println!("load average before: {load_before}");
 
     let mut runs = Vec::with_capacity(opts.runs);
@@ -108,7 +87,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         runs: &runs,
         on_request: &on_request,
     };
-    let load_after = load_average();
+    let load_after = crate::load_average();
     summary.print();
     println!("load average after: {load_after}");
     let line = summary.json(json!({
@@ -128,11 +107,4 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         println!("logs kept in {}", dir.path().display());
     }
     Ok(summary.exact())
-}
-
-/// The 1, 5 and 15 minute load averages, as /proc/loadavg has them.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }

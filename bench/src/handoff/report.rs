@@ -3,13 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use serde_json::json;
 
 use super::{
     check::milestone_names,
     run::{DeliverRun, OnRequestRun},
 };
+use crate::timing::{
+    self, Percentiles, Table, count_problems, opt_ms, print_problems, print_rank_note, steps_json,
+};
+
+const TABLE: Table = Table { width: 23 };
 
 /// The way from SIGTERM to each measure, step by step: (name, from, to), where a point is a
 /// milestone of the logs, `sigterm` (0), `t_resumed` or `t_exit`. B's way: the first four
@@ -30,34 +34,6 @@ fn point(r: &DeliverRun, name: &str) -> Option<f64> {
         "t_resumed" => r.t_resumed_ms,
         "t_exit" => r.t_exit_ms,
         milestone => r.timeline_ms.get(milestone).copied(),
-    }
-}
-
-/// Nearest-rank percentiles (each is one of the values) and the extremes, in ms.
-#[derive(Debug, Serialize, PartialEq)]
-pub struct Percentiles {
-    pub n: usize,
-    pub p50: f64,
-    pub p99: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Percentiles {
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Percentiles> {
-        let mut v: Vec<f64> = values.into_iter().collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let rank = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        Some(Percentiles {
-            n: v.len(),
-            p50: rank(50.0),
-            p99: rank(99.0),
-            min: v[0],
-            max: v[v.len() - 1],
-        })
     }
 }
 
@@ -95,16 +71,7 @@ impl Summary<'_> {
 
     /// Each step's duration over the runs (runs whose logs lack either end are left out).
     fn steps(&self) -> Vec<(&'static str, Percentiles)> {
-        STEPS
-            .iter()
-            .filter_map(|&(name, from, to)| {
-                let values = self
-                    .runs
-                    .iter()
-                    .filter_map(|r| Some(round_us(point(r, to)? - point(r, from)?)));
-                Some((name, Percentiles::of(values)?))
-            })
-            .collect()
+        timing::steps(&STEPS, self.runs, point)
     }
 
     fn on_request_interrupted(&self) -> Option<Percentiles> {
@@ -117,11 +84,7 @@ impl Summary<'_> {
 
     /// Every WARN/ERROR line of the sidecars without its timestamp, and how often it came.
     fn log_problems(&self) -> BTreeMap<String, usize> {
-        let mut problems = BTreeMap::new();
-        for line in self.runs.iter().flat_map(|r| &r.log_problems) {
-            *problems.entry(without_timestamp(line)).or_default() += 1;
-        }
-        problems
+        count_problems(self.runs.iter().flat_map(|r| &r.log_problems))
     }
 
     pub fn exact(&self) -> bool {
@@ -136,31 +99,26 @@ impl Summary<'_> {
             "handoff (resume: deliver): {n} run(s), drain_period {}; ms from SIGTERM to pod-a",
             self.drain_period
         );
-        println!(
-            "  {:<23} {:>9} {:>9} {:>9} {:>9}",
-            "measure", "p50", "p99", "min", "max"
-        );
+        TABLE.print_head();
         for (name, p) in [
             ("t_exit", self.t_exit()),
             ("t_resumed", self.t_resumed()),
             ("t_app_last", self.of(|r| r.t_app_last_ms)),
             ("gap", self.of(|r| r.gap_ms)),
         ] {
-            print_row(name, p.as_ref(), n);
+            TABLE.print_row(name, p.as_ref(), n);
         }
         println!(
             "  t_app_last: the last message at A's app after the SIGTERM (none in some runs); \
              gap = t_resumed - t_app_last (the stream stood still); polled every 1 ms"
         );
-        if n < 100 {
-            println!("  nearest-rank percentiles: with {n} run(s), p99 is the max");
-        }
+        print_rank_note(n);
         println!(
             "  where the time goes, step by step (from the sidecars' log lines; B: the first 5 \
              add up to t_resumed, A: the first 3 and the last 2 to t_exit):"
         );
         for (name, p) in self.steps() {
-            print_row(name, Some(&p), n);
+            TABLE.print_row(name, Some(&p), n);
         }
         if !self.on_request.is_empty() {
             println!(
@@ -168,20 +126,17 @@ impl Summary<'_> {
                 self.on_request.len()
             );
             let runs = self.on_request.len();
-            print_row(
+            TABLE.print_row(
                 "t_interrupted",
                 self.on_request_interrupted().as_ref(),
                 runs,
             );
-            print_row("t_exit", self.on_request_exit().as_ref(), runs);
+            TABLE.print_row("t_exit", self.on_request_exit().as_ref(), runs);
         }
-        let problems = self.log_problems();
-        if !problems.is_empty() {
-            println!("sidecar WARN/ERROR lines over all runs (timestamps dropped, counted):");
-            for (line, count) in problems.iter().take(10) {
-                println!("  {count:>3} x {line}");
-            }
-        }
+        print_problems(
+            "sidecar WARN/ERROR lines over all runs (timestamps dropped, counted):",
+            &self.log_problems(),
+        );
         for r in self.runs {
             for f in &r.failures {
                 println!("  run {:02} FAILED: {f}", r.run);
@@ -203,11 +158,7 @@ impl Summary<'_> {
             "t_resumed_ms": self.t_resumed(),
             "t_app_last_ms": self.of(|r| r.t_app_last_ms),
             "gap_ms": self.of(|r| r.gap_ms),
-            "steps_ms": self
-                .steps()
-                .into_iter()
-                .map(|(step, p)| json!({ "step": step, "ms": p }))
-                .collect::<Vec<_>>(),
+            "steps_ms": steps_json(self.steps()),
             "timeline_ms": self
                 .timeline()
                 .into_iter()
@@ -256,70 +207,4 @@ pub fn print_on_request_run(r: &OnRequestRun, runs: usize) {
             ", FAILED"
         },
     );
-}
-
-/// One measure's row; `runs` is how many runs there were, to say when some had no value.
-fn print_row(name: &str, p: Option<&Percentiles>, runs: usize) {
-    match p {
-        Some(p) => println!(
-            "  {name:<23} {:>9.1} {:>9.1} {:>9.1} {:>9.1}{}",
-            p.p50,
-            p.p99,
-            p.min,
-            p.max,
-            if p.n < runs {
-                format!("  ({} of {runs} runs)", p.n)
-            } else {
-                String::new()
-            }
-        ),
-        None => println!("  {name:<23} {:>9}", "-"),
-    }
-}
-
-fn round_us(ms: f64) -> f64 {
-    (ms * 1e3).round() / 1e3
-}
-
-fn opt_ms(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.1} ms"))
-}
-
-/// `pod-a: 2026-…Z  WARN target: text` → `pod-a: WARN target: text`, so repeats count as one.
-fn without_timestamp(line: &str) -> String {
-    match line.split_once(": ") {
-        Some((who, rest)) => {
-            let rest = rest.trim_start();
-            let text = match rest.split_once(char::is_whitespace) {
-                Some((stamp, text)) if stamp.contains('T') && stamp.ends_with('Z') => text,
-                _ => rest,
-            };
-            format!("{who}: {}", text.trim_start())
-        }
-        None => line.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let twenty = (1..=20).map(f64::from);
-        let p = Percentiles::of(twenty).expect("values");
-        assert_eq!((p.p50, p.p99, p.min, p.max), (10.0, 20.0, 1.0, 20.0));
-        let hundred = (1..=100).map(f64::from);
-        let p = Percentiles::of(hundred).expect("values");
-        assert_eq!((p.p50, p.p99), (50.0, 99.0));
-        assert_eq!(Percentiles::of([]), None);
-    }
-
-    #[test]
-    fn timestamps_are_dropped_from_problem_lines() {
-        assert_eq!(
-            without_timestamp("pod-b: 2026-11-24T10:11:12.250000Z  WARN x: y z"),
-            "pod-b: WARN x: y z"
-        );
-    }
 }

@@ -4,22 +4,26 @@
 use std::{
     collections::BTreeMap,
     path::Path,
-    process::{Command, ExitStatus},
+    process::ExitStatus,
     time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
 
 use super::{
-    check::{exactness, ms, round_us, timeline},
-    rig::{
-        START_TIMEOUT, Settings, Sidecar, cleanup, file_len, hget, job_key, lines,
-        redis_connection, start_app, start_server, start_sidecar, wait_app_under_way, wait_for,
-    },
+    DELAY_US, SIGTERM_AFTER, USERS,
+    check::{exactness, timeline},
 };
-use crate::procs::{Proc, free_port, problem_lines, sibling_bin, tail};
+use crate::{
+    brokers::{connect, hget, job_key},
+    fleet::{
+        POD_A, POD_B, Shared, Sidecar, file_len, finish_delivery, lines, start_app, start_server,
+        start_sink, wait_app_under_way, wait_taking_handoffs,
+    },
+    procs::{Proc, free_port, tail},
+    timing::{ms, problem_lines_of, round_us},
+};
 
-const TAKING_HANDOFFS: &str = "taking handoffs";
 /// Above the sidecar's default `shutdown_timeout` (20 s), so a late exit is still measured.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// B streams the remaining ~9,000 admins at the server's pace (about 1 ms each).
@@ -61,18 +65,48 @@ pub struct OnRequestRun {
     pub failures: Vec<String>,
 }
 
+/// What every run shares: the processes' settings, and both sidecars' `drain_period` (`None`
+/// keeps the sidecar's default, 1s).
+pub struct Settings {
+    pub fleet: Shared,
+    pub drain_period: Option<String>,
+}
+
+impl Settings {
+    /// A sidecar resuming to the ResumeSink on `sink_port`, or on_request without one.
+    fn start_sidecar(
+        &self,
+        prefix: &str,
+        dir: &Path,
+        pod: &str,
+        upstream_port: u16,
+        sink_port: Option<u16>,
+    ) -> anyhow::Result<Sidecar> {
+        let drain = self.drain_period.as_deref().map(|d| ("drain_period", d));
+        crate::fleet::start_sidecar(
+            &self.fleet,
+            prefix,
+            dir,
+            pod,
+            upstream_port,
+            sink_port,
+            drain.as_slice(),
+        )
+    }
+}
+
 /// One deliver run on fresh processes and a fresh prefix, cleaned up whatever happens.
 pub fn deliver_run(
     s: &Settings,
     rt: &tokio::runtime::Runtime,
     run: usize,
 ) -> anyhow::Result<DeliverRun> {
-    let prefix = unique_prefix();
-    let dir = s.dir.join(format!("handoff-{run:02}"));
-    std::fs::create_dir_all(&dir)?;
-    let result = deliver_in(s, &prefix, &dir, run);
-    cleanup(s, rt, &prefix);
-    result
+    s.fleet.isolated(
+        rt,
+        "handoff",
+        &format!("handoff-{run:02}"),
+        |prefix, dir| deliver_in(s, prefix, dir, run),
+    )
 }
 
 /// One on_request run, likewise.
@@ -81,40 +115,28 @@ pub fn on_request_run(
     rt: &tokio::runtime::Runtime,
     run: usize,
 ) -> anyhow::Result<OnRequestRun> {
-    let prefix = unique_prefix();
-    let dir = s.dir.join(format!("on-request-{run:02}"));
-    std::fs::create_dir_all(&dir)?;
-    let result = on_request_in(s, &prefix, &dir, run);
-    cleanup(s, rt, &prefix);
-    result
+    s.fleet.isolated(
+        rt,
+        "handoff",
+        &format!("on-request-{run:02}"),
+        |prefix, dir| on_request_in(s, prefix, dir, run),
+    )
 }
 
 fn deliver_in(s: &Settings, prefix: &str, dir: &Path, run: usize) -> anyhow::Result<DeliverRun> {
     let server_port = free_port()?;
-    let _server = start_server(dir, server_port)?;
+    let _server = start_server(dir, server_port, USERS, DELAY_US)?;
     let sink_port = free_port()?;
     let sink_record = dir.join("sink-b.txt");
-    let mut sink_cmd = Command::new(sibling_bin("demo-sink")?);
-    sink_cmd
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{sink_port}"))
-        .arg("--record")
-        .arg(&sink_record);
-    let mut sink = Proc::spawn("demo-sink", &mut sink_cmd, dir.join("demo-sink.log"))?;
-    sink.wait_port(sink_port, START_TIMEOUT)?;
+    let sink = start_sink(dir, sink_port, &sink_record)?;
     // A's sink is never called: A stops consuming (shutdown step 2) before it interrupts.
     let a_sink = free_port()?;
-    let mut a = start_sidecar(s, prefix, dir, "pod-a", server_port, Some(a_sink))?;
-    let mut b = start_sidecar(s, prefix, dir, "pod-b", server_port, Some(sink_port))?;
-    wait_for("pod-a and pod-b taking handoffs", START_TIMEOUT, || {
-        a.check_alive()?;
-        b.check_alive()?;
-        Ok(a.proc.log_text().contains(TAKING_HANDOFFS)
-            && b.proc.log_text().contains(TAKING_HANDOFFS))
-    })?;
+    let mut a = s.start_sidecar(prefix, dir, POD_A, server_port, Some(a_sink))?;
+    let mut b = s.start_sidecar(prefix, dir, POD_B, server_port, Some(sink_port))?;
+    wait_taking_handoffs(&mut a, &mut b)?;
     let app_record = dir.join("app-a.txt");
     let mut app = start_app(dir, &a, &app_record)?;
-    wait_app_under_way(&mut app, &mut a, &app_record)?;
+    wait_app_under_way(&mut app, &mut a, &app_record, SIGTERM_AFTER)?;
 
     let signalled_wall = SystemTime::now();
     let signalled = Instant::now();
@@ -145,7 +167,7 @@ fn deliver_in(s: &Settings, prefix: &str, dir: &Path, run: usize) -> anyhow::Res
     }
 
     let mut failures = Vec::new();
-    check_exit(&mut failures, "pod-a", exit.map(|(_, s)| s), &a.proc);
+    check_exit(&mut failures, POD_A, exit.map(|(_, s)| s), &a.proc);
     if resumed.is_none() {
         failures.push(format!(
             "B's sink received nothing within {SHUTDOWN_TIMEOUT:?} of the SIGTERM; pod-b log tail:\n{}",
@@ -156,26 +178,20 @@ fn deliver_in(s: &Settings, prefix: &str, dir: &Path, run: usize) -> anyhow::Res
         failures.push("A's app did not end its call after A's shutdown".into());
     }
     if failures.is_empty() {
-        finish_deliver(s, prefix, &mut b, &sink, &mut failures)?;
+        let mut con = connect(&s.fleet.redis_url)?;
+        let job = job_key(&mut con, prefix)?;
+        finish_delivery(&mut con, &job, &mut b, &sink, FINISH_TIMEOUT, &mut failures)?;
     }
     let app_a = lines(&app_record);
     let sink_b = lines(&sink_record);
     if failures.is_empty()
-        && let Some(problem) = exactness(&s.admins, &app_a, &sink_b)
+        && let Some(problem) = exactness(&s.fleet.admins, &app_a, &sink_b)
     {
         failures.push(problem);
     }
     let a_log = a.proc.log_text();
     let b_log = b.proc.log_text();
-    let mut log_problems: Vec<String> = problem_lines(&a_log)
-        .into_iter()
-        .map(|l| format!("pod-a: {l}"))
-        .collect();
-    log_problems.extend(
-        problem_lines(&b_log)
-            .into_iter()
-            .map(|l| format!("pod-b: {l}")),
-    );
+    let log_problems = problem_lines_of(&[(POD_A, &a_log), (POD_B, &b_log)]);
     Ok(DeliverRun {
         run,
         t_exit_ms: exit.map(|(t, _)| ms(t)),
@@ -191,44 +207,6 @@ fn deliver_in(s: &Settings, prefix: &str, dir: &Path, run: usize) -> anyhow::Res
     })
 }
 
-/// B completes the job (as its owner) and the sink has seen the end of the delivery.
-fn finish_deliver(
-    s: &Settings,
-    prefix: &str,
-    b: &mut Sidecar,
-    sink: &Proc,
-    failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let mut con = redis_connection(&s.redis_url)?;
-    let job = job_key(&mut con, prefix)?;
-    let completed = wait_for("the job completed", FINISH_TIMEOUT, || {
-        b.check_alive()?;
-        Ok(hget(&mut con, &job, "status")?.as_deref() == Some("completed"))
-    });
-    if let Err(e) = completed {
-        failures.push(format!(
-            "{e:#}; pod-b log tail:\n{}",
-            tail(&b.proc.log_text(), 15)
-        ));
-        return Ok(());
-    }
-    let owner = hget(&mut con, &job, "owner_pod")?;
-    if owner.as_deref() != Some("pod-b") {
-        failures.push(format!(
-            "the completed job's owner_pod is {owner:?}, not pod-b"
-        ));
-    }
-    // The sink prints the delivery's End; every message before it is already recorded.
-    if let Err(e) = wait_for(
-        "the sink to see the delivery's end",
-        SHUTDOWN_TIMEOUT,
-        || Ok(sink.log_text().contains("\"kind\":\"end\"")),
-    ) {
-        failures.push(format!("{e:#}"));
-    }
-    Ok(())
-}
-
 fn on_request_in(
     s: &Settings,
     prefix: &str,
@@ -236,12 +214,12 @@ fn on_request_in(
     run: usize,
 ) -> anyhow::Result<OnRequestRun> {
     let server_port = free_port()?;
-    let _server = start_server(dir, server_port)?;
-    let mut a = start_sidecar(s, prefix, dir, "pod-a", server_port, None)?;
+    let _server = start_server(dir, server_port, USERS, DELAY_US)?;
+    let mut a = s.start_sidecar(prefix, dir, POD_A, server_port, None)?;
     let app_record = dir.join("app-a.txt");
     let mut app = start_app(dir, &a, &app_record)?;
-    wait_app_under_way(&mut app, &mut a, &app_record)?;
-    let mut con = redis_connection(&s.redis_url)?;
+    wait_app_under_way(&mut app, &mut a, &app_record, SIGTERM_AFTER)?;
+    let mut con = connect(&s.fleet.redis_url)?;
     let job = job_key(&mut con, prefix)?;
 
     let signalled = Instant::now();
@@ -261,7 +239,7 @@ fn on_request_in(
         std::thread::sleep(POLL);
     }
     let mut failures = Vec::new();
-    check_exit(&mut failures, "pod-a", exit.map(|(_, s)| s), &a.proc);
+    check_exit(&mut failures, POD_A, exit.map(|(_, s)| s), &a.proc);
     if interrupted.is_none() {
         failures.push(format!(
             "the job was not `interrupted` within {SHUTDOWN_TIMEOUT:?} (status {:?})",
@@ -288,11 +266,4 @@ fn check_exit(failures: &mut Vec<String>, who: &str, status: Option<ExitStatus>,
         )),
         Some(_) => {}
     }
-}
-
-fn unique_prefix() -> String {
-    format!(
-        "bench-handoff-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
 }

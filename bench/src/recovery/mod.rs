@@ -1,7 +1,8 @@
 //! `reprise-bench recovery`: a sidecar SIGKILLed mid-stream gives no notice, so no handoff
 //! happens; how long until its job is orphaned, and until pod B's app has the rest?
 //!
-//! Two paths, each run on fresh processes under a key prefix of its own (`world.rs`):
+//! Two paths, each run on fresh processes under a key prefix of its own (`crate::fleet`, plus
+//! the recoverer in `world.rs`):
 //! - `kube`: the recoverer watches an in-process fake Kubernetes API server (the recoverer
 //!   tests' own) holding pods pod-a and pod-b. After the kill the bench reports pod-a's sidecar
 //!   container terminated, exit code 137, OOMKilled, and measures from that update. The lease
@@ -32,7 +33,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 
-use crate::rig::{self, Setup};
+use crate::fleet::Shared;
 
 #[derive(Parser)]
 #[command(
@@ -108,26 +109,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .prefix("reprise-bench")
         .disable_cleanup(args.keep_logs)
         .tempdir()?;
-    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let amqp_url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    // The recovery is Redis plus RabbitMQ (the job.orphaned event reaches B through it).
-    rig::redis_reachable(&redis_url)
-        .map_err(|e| anyhow::anyhow!("Redis unreachable at $REDIS_URL or its default: {e}"))?;
     let rt = tokio::runtime::Runtime::new()?;
-    store::amqp_reachable(&rt, &amqp_url)
-        .context("RabbitMQ unreachable at $AMQP_URL or its default")?;
-    let shared = world::Shared {
-        dir: dir.path().to_owned(),
-        descriptors: Setup::write_descriptors(dir.path())?,
-        redis_url,
-        amqp_url,
-        admins: reprise_demo::users::demo_users(world::USERS)
-            .into_iter()
-            .filter(|u| u.role == "admin")
-            .map(|u| u.user_id)
-            .collect(),
-    };
+    let shared = Shared::new(dir.path(), &rt, world::USERS)?;
     let mut plans = Vec::new();
     if matches!(args.path, Paths::Kube | Paths::All) {
         plans.push(run::Plan {
@@ -155,7 +138,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         world::KILL_AFTER,
     );
     // Timings on a shared 2-core machine mean little if something else was busy.
-    let load_before = load_average();
+    let load_before = crate::load_average();
     println!("load average before: {load_before}");
 
     let mut summaries = Vec::with_capacity(plans.len());
@@ -181,7 +164,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             runs,
         });
     }
-    let load_after = load_average();
+    let load_after = crate::load_average();
     for summary in &summaries {
         summary.print();
     }
@@ -208,11 +191,4 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         println!("logs kept in {}", dir.path().display());
     }
     Ok(correct)
-}
-
-/// The 1, 5 and 15 minute load averages, as /proc/loadavg has them.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }

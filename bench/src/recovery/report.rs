@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use serde_json::json;
 
-use super::{
-    Via,
-    run::{Run, round_us},
+use super::{Via, run::Run};
+use crate::timing::{
+    self, Percentiles, Table, count_problems, opt_ms, print_problems, print_rank_note, steps_json,
 };
+
+const TABLE: Table = Table { width: 26 };
 
 /// The way from the start to B's first message: (name, from, to), where a point is `start`
 /// (0), `lease_expiry`, a milestone of the logs, or `t_resumed`.
@@ -43,34 +44,6 @@ fn point(r: &Run, name: &str) -> Option<f64> {
         "lease_expiry" => r.t_lease_expiry_ms,
         "t_resumed" => r.t_resumed_ms,
         milestone => r.timeline_ms.get(milestone).copied(),
-    }
-}
-
-/// Nearest-rank percentiles (each is one of the values) and the extremes.
-#[derive(Debug, Serialize, PartialEq)]
-pub struct Percentiles {
-    pub n: usize,
-    pub p50: f64,
-    pub p99: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Percentiles {
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Percentiles> {
-        let mut v: Vec<f64> = values.into_iter().collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let rank = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        Some(Percentiles {
-            n: v.len(),
-            p50: rank(50.0),
-            p99: rank(99.0),
-            min: v[0],
-            max: v[v.len() - 1],
-        })
     }
 }
 
@@ -110,20 +83,11 @@ impl Summary {
 
     /// Each step's duration over the runs (runs whose logs lack either end are left out).
     fn steps(&self) -> Vec<(&'static str, Percentiles)> {
-        let steps: &[(&str, &str, &str)] = match self.via {
+        let steps: &[(&'static str, &str, &str)] = match self.via {
             Via::Kube => &KUBE_STEPS,
             Via::Lease => &LEASE_STEPS,
         };
-        steps
-            .iter()
-            .filter_map(|&(name, from, to)| {
-                let values = self
-                    .runs
-                    .iter()
-                    .filter_map(|r| Some(round_us(point(r, to)? - point(r, from)?)));
-                Some((name, Percentiles::of(values)?))
-            })
-            .collect()
+        timing::steps(steps, &self.runs, point)
     }
 
     fn duplicates(&self) -> Option<Percentiles> {
@@ -132,11 +96,7 @@ impl Summary {
 
     /// Every WARN/ERROR line without its timestamp, and how often it came.
     fn log_problems(&self) -> BTreeMap<String, usize> {
-        let mut problems = BTreeMap::new();
-        for line in self.runs.iter().flat_map(|r| &r.log_problems) {
-            *problems.entry(without_timestamp(line)).or_default() += 1;
-        }
-        problems
+        count_problems(self.runs.iter().flat_map(|r| &r.log_problems))
     }
 
     pub fn correct(&self) -> bool {
@@ -158,38 +118,30 @@ impl Summary {
                 self.reconcile_interval, self.lease_ttl
             ),
         }
-        println!(
-            "  {:<26} {:>9} {:>9} {:>9} {:>9}",
-            "measure", "p50", "p99", "min", "max"
-        );
+        TABLE.print_head();
         for (label, _, p) in self.measures() {
-            print_row(label, p.as_ref(), n);
+            TABLE.print_row(label, p.as_ref(), n);
         }
         println!(
             "  orphaned: the job's hash no longer `running` under pod-a; B's sink: its first \
              record; both polled every 1 ms"
         );
-        if n < 100 {
-            println!("  nearest-rank percentiles: with {n} run(s), p99 is the max");
-        }
+        print_rank_note(n);
         println!(
             "  step by step (the recoverer's `job orphaned` and pod-b's `took over` log lines; \
              the steps add up to B's sink):"
         );
         for (name, p) in self.steps() {
-            print_row(name, Some(&p), n);
+            TABLE.print_row(name, Some(&p), n);
         }
-        print_row("duplicates (messages)", self.duplicates().as_ref(), n);
+        TABLE.print_row("duplicates (messages)", self.duplicates().as_ref(), n);
         println!(
             "  duplicates: admins A's app received past the checkpoint, so B's sink got them too"
         );
-        let problems = self.log_problems();
-        if !problems.is_empty() {
-            println!("  WARN/ERROR lines over all runs (timestamps dropped, counted):");
-            for (line, count) in problems.iter().take(10) {
-                println!("  {count:>3} x {line}");
-            }
-        }
+        print_problems(
+            "  WARN/ERROR lines over all runs (timestamps dropped, counted):",
+            &self.log_problems(),
+        );
         for r in &self.runs {
             for f in &r.failures {
                 println!("  {} run {:02} FAILED: {f}", self.via, r.run);
@@ -202,11 +154,7 @@ impl Summary {
             "path": self.via.to_string(),
             "reconcile_interval": self.reconcile_interval,
             "lease_ttl": self.lease_ttl,
-            "steps_ms": self
-                .steps()
-                .into_iter()
-                .map(|(step, p)| json!({ "step": step, "ms": p }))
-                .collect::<Vec<_>>(),
+            "steps_ms": steps_json(self.steps()),
             "duplicates": self.duplicates(),
             "runs": self.runs,
             "log_problem_lines": self.log_problems(),
@@ -238,64 +186,4 @@ pub fn print_run(via: Via, r: &Run, runs: usize) {
         r.sink_b_users,
         r.duplicates.map_or("-".into(), |d| d.to_string()),
     );
-}
-
-/// One measure's row; `runs` is how many runs there were, to say when some had no value.
-fn print_row(name: &str, p: Option<&Percentiles>, runs: usize) {
-    match p {
-        Some(p) => println!(
-            "  {name:<26} {:>9.1} {:>9.1} {:>9.1} {:>9.1}{}",
-            p.p50,
-            p.p99,
-            p.min,
-            p.max,
-            if p.n < runs {
-                format!("  ({} of {runs} runs)", p.n)
-            } else {
-                String::new()
-            }
-        ),
-        None => println!("  {name:<26} {:>9}", "-"),
-    }
-}
-
-fn opt_ms(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.1} ms"))
-}
-
-/// `pod-b: 2026-…Z  WARN target: text` → `pod-b: WARN target: text`, so repeats count as one.
-fn without_timestamp(line: &str) -> String {
-    match line.split_once(": ") {
-        Some((who, rest)) => {
-            let rest = rest.trim_start();
-            let text = match rest.split_once(char::is_whitespace) {
-                Some((stamp, text)) if stamp.contains('T') && stamp.ends_with('Z') => text,
-                _ => rest,
-            };
-            format!("{who}: {}", text.trim_start())
-        }
-        None => line.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let p = Percentiles::of((1..=20).map(f64::from)).expect("values");
-        assert_eq!((p.p50, p.p99, p.min, p.max), (10.0, 20.0, 1.0, 20.0));
-        let p = Percentiles::of((1..=100).map(f64::from)).expect("values");
-        assert_eq!((p.p50, p.p99), (50.0, 99.0));
-        assert_eq!(Percentiles::of([]), None);
-    }
-
-    #[test]
-    fn timestamps_are_dropped_from_problem_lines() {
-        assert_eq!(
-            without_timestamp("recoverer: 2026-11-24T10:11:12.250000Z  WARN x: y z"),
-            "recoverer: WARN x: y z"
-        );
-    }
 }

@@ -8,15 +8,22 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
     Via, check, kube_pods,
-    store::{self, JobFields},
-    world::{self, KILL_AFTER, NAMESPACE, POD_A, POD_B, Shared, wait_for},
+    store::JobFields,
+    world::{self, DELAY_US, KILL_AFTER, NAMESPACE, USERS},
 };
-use crate::procs::{Proc, free_port, problem_lines, tail};
+use crate::{
+    brokers,
+    fleet::{
+        POD_A, POD_B, Shared, Sidecar, file_len, finish_delivery, lines, start_app, start_server,
+        start_sidecar, start_sink, wait_app_under_way, wait_for, wait_taking_handoffs,
+    },
+    procs::{Proc, START_TIMEOUT, free_port, tail},
+    timing::{ms, problem_lines_of, round_us},
+};
 
 /// The sidecar's default `lease_ttl`, for the lease path's deadline when none is given.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -26,7 +33,6 @@ pub const KUBE_LEASE_TTL: Duration = Duration::from_secs(60);
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// B streams the remaining ~3,000 admins at the server's pace (about 1 ms each).
 const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The measuring loop's period, hence its resolution.
 const POLL: Duration = Duration::from_millis(1);
 
@@ -101,15 +107,12 @@ pub struct Run {
 
 /// One run, cleaned up whatever happens.
 pub fn run(s: &Shared, plan: &Plan, rt: &tokio::runtime::Runtime, n: usize) -> anyhow::Result<Run> {
-    let prefix = format!(
-        "bench-recovery-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let dir = s.dir.join(format!("{}-{n:02}", plan.via));
-    std::fs::create_dir_all(&dir)?;
-    let result = run_in(s, plan, rt, &prefix, &dir, n);
-    store::cleanup(&s.redis_url, &s.amqp_url, rt, &prefix);
-    result
+    s.isolated(
+        rt,
+        "recovery",
+        &format!("{}-{n:02}", plan.via),
+        |prefix, dir| run_in(s, plan, rt, prefix, dir, n),
+    )
 }
 
 fn run_in(
@@ -125,35 +128,31 @@ fn run_in(
         Via::Lease => None,
     };
     let server_port = free_port()?;
-    let _server = world::start_server(dir, server_port)?;
+    let _server = start_server(dir, server_port, USERS, DELAY_US)?;
     let sink_port = free_port()?;
     let sink_record = dir.join("sink-b.txt");
-    let sink = world::start_sink(dir, sink_port, &sink_record)?;
+    let sink = start_sink(dir, sink_port, &sink_record)?;
     let lease_ttl = match plan.via {
         Via::Kube => Some(KUBE_LEASE_TTL),
         Via::Lease => plan.lease_ttl,
     }
     .map(duration_text);
+    let lease_ttl = lease_ttl.as_deref().map(|t| ("lease_ttl", t));
     let start_sidecar = |pod, sink_port| {
-        world::start_sidecar(
+        start_sidecar(
             s,
             prefix,
             dir,
             pod,
             server_port,
-            sink_port,
-            lease_ttl.as_deref(),
+            Some(sink_port),
+            lease_ttl.as_slice(),
         )
     };
     // A's own sink is never called: nothing is handed to A, which is dead before the recovery.
     let mut a = start_sidecar(POD_A, free_port()?)?;
     let mut b = start_sidecar(POD_B, sink_port)?;
-    wait_for("pod-a and pod-b taking handoffs", START_TIMEOUT, || {
-        a.proc.check_alive()?;
-        b.proc.check_alive()?;
-        let taking = |p: &Proc| p.log_text().contains("taking handoffs");
-        Ok(taking(&a.proc) && taking(&b.proc))
-    })?;
+    wait_taking_handoffs(&mut a, &mut b)?;
     let interval = duration_text(plan.reconcile_interval);
     let kubeconfig = cluster.as_ref().map(|(_, path)| path.as_path());
     let recoverer = world::start_recoverer(s, prefix, dir, &interval, kubeconfig)?;
@@ -161,22 +160,14 @@ fn run_in(
     let phase_offset = plan.phase_offset(n);
     std::thread::sleep(phase_offset);
     let app_record = dir.join("app-a.txt");
-    let mut app = world::start_app(dir, &a, &app_record)?;
-    wait_for(
-        &format!("{KILL_AFTER} admins at A's app"),
-        START_TIMEOUT,
-        || {
-            app.check_alive()?;
-            a.proc.check_alive()?;
-            Ok(count_lines(&app_record) >= KILL_AFTER)
-        },
-    )?;
-    let mut con = store::connect(&s.redis_url)?;
-    let job = store::job_key(&mut con, prefix)?;
+    let mut app = start_app(dir, &a, &app_record)?;
+    wait_app_under_way(&mut app, &mut a, &app_record, KILL_AFTER)?;
+    let mut con = brokers::connect(&s.redis_url)?;
+    let job = brokers::job_key(&mut con, prefix)?;
 
     let killed_wall = SystemTime::now();
     let killed = Instant::now();
-    sigkill(&a.proc)?;
+    a.proc.sigkill()?;
     wait_for("pod-a's sidecar to die", START_TIMEOUT, || {
         Ok(a.proc.exited()?.is_some())
     })?;
@@ -287,19 +278,13 @@ fn run_in(
         }
     }
 
+    let a_log = a.proc.log_text();
     let b_log = b.proc.log_text();
-    let mut log_problems = Vec::new();
-    for (who, log) in [
-        ("pod-a", a.proc.log_text()),
-        ("pod-b", b_log.clone()),
-        ("recoverer", recoverer_log.clone()),
-    ] {
-        log_problems.extend(
-            problem_lines(&log)
-                .into_iter()
-                .map(|l| format!("{who}: {l}")),
-        );
-    }
+    let log_problems = problem_lines_of(&[
+        (POD_A, &a_log),
+        (POD_B, &b_log),
+        ("recoverer", &recoverer_log),
+    ]);
     let start_ms = epoch_ms(start_wall);
     Ok(Run {
         run: n,
@@ -310,7 +295,7 @@ fn run_in(
             Via::Kube => None,
             Via::Lease => lease_expiry.map(|e| round_us(e as f64 - start_ms)),
         },
-        timeline_ms: timeline(&recoverer_log, &b_log, start_ms),
+        timeline_ms: timeline(&recoverer_log, &b_log, start_wall),
         checkpoint,
         b_resumed_after,
         app_a_users: app_a.len(),
@@ -326,51 +311,19 @@ fn run_in(
 fn finish(
     con: &mut redis::Connection,
     job: &str,
-    b: &mut world::Sidecar,
+    b: &mut Sidecar,
     sink: &Proc,
     app: &mut Proc,
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let completed = wait_for("the job completed", FINISH_TIMEOUT, || {
-        b.proc.check_alive()?;
-        Ok(JobFields::read(con, job)?.status.as_deref() == Some("completed"))
-    });
-    if let Err(e) = completed {
-        failures.push(format!(
-            "{e:#}; pod-b log tail:\n{}",
-            tail(&b.proc.log_text(), 15)
-        ));
-        return Ok(());
+    if finish_delivery(con, job, b, sink, FINISH_TIMEOUT, failures)?
+        && let Err(e) = wait_for("A's app to end", START_TIMEOUT, || {
+            Ok(app.exited()?.is_some())
+        })
+    {
+        failures.push(format!("{e:#}"));
     }
-    let owner = JobFields::read(con, job)?.owner_pod;
-    if owner.as_deref() != Some(POD_B) {
-        failures.push(format!(
-            "the completed job's owner_pod is {owner:?}, not pod-b"
-        ));
-    }
-    // The sink prints the delivery's End; every message before it is already recorded.
-    let end = wait_for("the sink to see the delivery's end", FINISH_TIMEOUT, || {
-        Ok(sink.log_text().contains("\"kind\":\"end\""))
-    });
-    let app_ended = wait_for("A's app to end", START_TIMEOUT, || {
-        Ok(app.exited()?.is_some())
-    });
-    failures.extend(
-        [end, app_ended]
-            .into_iter()
-            .filter_map(|r| r.err().map(|e| format!("{e:#}"))),
-    );
     Ok(())
-}
-
-/// SIGKILL, sent directly: a fork and exec of kill(1) would blur the instant measured from.
-fn sigkill(p: &Proc) -> anyhow::Result<()> {
-    let pid = i32::try_from(p.pid())
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .context("no pid")?;
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL)
-        .with_context(|| format!("SIGKILL to {} ({})", p.name, p.pid()))
 }
 
 /// The offset B's Start told the sink: `demo-sink: job … after offset "…"`.
@@ -382,40 +335,16 @@ fn resumed_after(sink_log: &str) -> Option<String> {
         .map(|(_, offset)| offset.trim().trim_matches('"').to_owned())
 }
 
-/// Milliseconds from `start_ms` (epoch) to the first line of each milestone; the logs carry
-/// wall-clock UTC time with microseconds, as the bench's clock does.
-fn timeline(recoverer_log: &str, b_log: &str, start_ms: f64) -> BTreeMap<&'static str, f64> {
-    let start_of_day = (start_ms / 1e3) % 86_400.0;
-    MILESTONES
-        .iter()
-        .filter_map(|&(name, who, text)| {
-            let log = match who {
-                Who::Recoverer => recoverer_log,
-                Who::B => b_log,
-            };
-            let at = log
-                .lines()
-                .find(|l| l.contains(text))
-                .and_then(time_of_day)?;
-            // A run that crosses midnight UTC.
-            let mut d = at - start_of_day;
-            if d < -43_200.0 {
-                d += 86_400.0;
-            }
-            Some((name, round_us(d * 1e3)))
-        })
-        .collect()
-}
-
-/// Seconds since midnight of a log line starting `2026-11-24T10:11:12.123456Z`.
-fn time_of_day(line: &str) -> Option<f64> {
-    let stamp = line.split_whitespace().next()?;
-    let (_, time) = stamp.split_once('T')?;
-    let mut parts = time.trim_end_matches('Z').split(':');
-    let h: f64 = parts.next()?.parse().ok()?;
-    let m: f64 = parts.next()?.parse().ok()?;
-    let s: f64 = parts.next()?.parse().ok()?;
-    Some(h * 3600.0 + m * 60.0 + s)
+/// Milliseconds from `start` to the first line of each milestone.
+fn timeline(recoverer_log: &str, b_log: &str, start: SystemTime) -> BTreeMap<&'static str, f64> {
+    let milestones = MILESTONES.iter().map(|&(name, who, text)| {
+        let log = match who {
+            Who::Recoverer => recoverer_log,
+            Who::B => b_log,
+        };
+        (name, log, text)
+    });
+    crate::timing::timeline(milestones, start)
 }
 
 /// `60s`, `2s`, `1500ms`: as the configs and the docs write durations (humantime says `1m`).
@@ -434,31 +363,6 @@ fn epoch_ms(t: SystemTime) -> f64 {
         * 1e3
 }
 
-/// Milliseconds, to the microsecond.
-fn ms(d: Duration) -> f64 {
-    round_us(d.as_secs_f64() * 1e3)
-}
-
-pub fn round_us(ms: f64) -> f64 {
-    (ms * 1e3).round() / 1e3
-}
-
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn count_lines(path: &Path) -> usize {
-    std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,12 +373,5 @@ mod tests {
                    (orphaned), after offset \"8f3c-1\"\n";
         assert_eq!(resumed_after(log).as_deref(), Some("8f3c-1"));
         assert_eq!(resumed_after("nothing yet"), None);
-    }
-
-    #[test]
-    fn log_time_of_day() {
-        let line = "2026-11-24T10:11:12.250000Z  INFO reprise_recoverer::reconcile: job orphaned";
-        assert_eq!(time_of_day(line), Some(36_672.25));
-        assert_eq!(time_of_day("no timestamp here"), None);
     }
 }
