@@ -27,6 +27,7 @@ pub const KEYS: &[&str] = &[
     "reconnect_backoff",
     "reconnect_backoff_max",
     "max_message_bytes",
+    "worker_threads",
     "log_format",
     "streams",
 ];
@@ -74,6 +75,9 @@ pub struct Config {
     pub reconnect_backoff: Duration,
     pub reconnect_backoff_max: Duration,
     pub max_message_bytes: usize,
+    /// 1: everything on one thread (tokio's current-thread runtime); more: a work-stealing
+    /// runtime with that many workers.
+    pub worker_threads: usize,
     pub log_format: LogFormat,
     pub streams: Vec<StreamConfig>,
 }
@@ -209,6 +213,10 @@ impl Config {
         let reconnect_backoff = p.duration("reconnect_backoff", "50ms");
         let reconnect_backoff_max = p.duration("reconnect_backoff_max", "2s");
         let max_message_bytes = p.size("max_message_bytes", 4 * 1024 * 1024);
+        // One thread, as linkerd2-proxy defaults to one core: a sidecar shares the pod's CPU
+        // with its app, and one thread saves the cross-thread wake-ups of a work-stealing
+        // runtime (see docs/benchmarks.md).
+        let worker_threads = p.positive("worker_threads", 1, "threads");
         let log_format = match p.choice("log_format", &["text", "json"], "text").as_str() {
             "json" => LogFormat::Json,
             _ => LogFormat::Text,
@@ -281,6 +289,7 @@ impl Config {
             reconnect_backoff,
             reconnect_backoff_max,
             max_message_bytes,
+            worker_threads,
             log_format,
             streams,
         })
@@ -419,6 +428,11 @@ impl Parser<'_> {
     }
 
     fn size(&mut self, key: &str, default: usize) -> usize {
+        self.positive(key, default, "bytes")
+    }
+
+    /// A whole number above zero, e.g. of `unit` "bytes" or "threads".
+    fn positive(&mut self, key: &str, default: usize, unit: &str) -> usize {
         match self.raw(key) {
             None => default,
             Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
@@ -426,7 +440,7 @@ impl Parser<'_> {
             }
             Some(v) => {
                 self.errors.push(format!(
-                    "key `{key}`: {v:?} is not a positive number of bytes"
+                    "key `{key}`: {v:?} is not a positive number of {unit}"
                 ));
                 default
             }
@@ -591,7 +605,29 @@ mod tests {
         assert_eq!(c.checkpoint_interval, Duration::from_millis(100));
         assert_eq!(c.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
+        assert_eq!(c.worker_threads, 1);
         assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn worker_threads_must_be_a_positive_count() {
+        assert_eq!(
+            parse("worker_threads: 4\n").expect("valid").worker_threads,
+            4
+        );
+        let env = BTreeMap::from([("REPRISE_WORKER_THREADS".to_owned(), "2".to_owned())]);
+        let c = Config::parse("", &env).expect("valid");
+        assert_eq!(c.worker_threads, 2);
+        for bad in ["0", "-1", "two", "1.5"] {
+            let text = parse(&format!("worker_threads: {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                text.contains("key `worker_threads`")
+                    && text.contains("positive number of threads"),
+                "{bad}: {text}"
+            );
+        }
     }
 
     #[test]
