@@ -1,7 +1,7 @@
 //! gRPC over HTTP/2 at the byte level: message framing, status trailers, `grpc-timeout`.
 //! Errors become gRPC statuses here, in one place, so the app always gets trailers.
 
-use std::time::Duration;
+use std::{ops::Range, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response};
@@ -270,16 +270,25 @@ impl Messages {
     }
 }
 
-impl Iterator for Messages {
-    type Item = (bool, Bytes);
-
-    fn next(&mut self) -> Option<(bool, Bytes)> {
+impl Messages {
+    /// The next message's compressed flag and where its payload lies in the buffer, without
+    /// slicing it out (no reference count taken).
+    pub fn next_range(&mut self) -> Option<(bool, Range<usize>)> {
         let header = self.buf.get(self.pos..self.pos + 5)?;
         let compressed = header[0] == 1;
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         let start = self.pos + 5;
         self.pos = start + len;
-        Some((compressed, self.buf.slice(start..start + len)))
+        Some((compressed, start..start + len))
+    }
+}
+
+impl Iterator for Messages {
+    type Item = (bool, Bytes);
+
+    fn next(&mut self) -> Option<(bool, Bytes)> {
+        let (compressed, range) = self.next_range()?;
+        Some((compressed, self.buf.slice(range)))
     }
 }
 

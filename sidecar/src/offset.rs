@@ -4,7 +4,7 @@
 //! skips everything else, so a message costs a few varint reads instead of a full dynamic
 //! decode. Integer keys compare as numbers, string and bytes keys bytewise.
 
-use std::{cmp::Ordering, fmt};
+use std::{cmp::Ordering, fmt, ops::Range};
 
 use bytes::Bytes;
 
@@ -100,21 +100,89 @@ pub enum WireError {
     Utf8,
 }
 
+/// Where a message's offset is, without owning it: an integer, or the range of a string or
+/// bytes value in the buffer that was scanned. The hot path compares these in place and makes
+/// an owned `Offset` only for the last message of a run, which saves a reference-count pair
+/// per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Int(i128),
+    Str(Range<usize>),
+    Bytes(Range<usize>),
+}
+
+impl Found {
+    /// The same offset, with its range moved `by` bytes further into a larger buffer.
+    pub fn shifted(self, by: usize) -> Found {
+        match self {
+            Found::Int(n) => Found::Int(n),
+            Found::Str(r) => Found::Str(r.start + by..r.end + by),
+            Found::Bytes(r) => Found::Bytes(r.start + by..r.end + by),
+        }
+    }
+
+    fn value<'a>(&self, buf: &'a [u8]) -> Result<i128, &'a [u8]> {
+        match self {
+            Found::Int(n) => Ok(*n),
+            Found::Str(r) | Found::Bytes(r) => Err(&buf[r.clone()]),
+        }
+    }
+
+    /// Compares this offset, found in `buf`, with an owned one, as `Offset`'s order does.
+    pub fn cmp_offset(&self, buf: &[u8], other: &Offset) -> Ordering {
+        let theirs = match other {
+            Offset::Int(n) => Ok(*n),
+            Offset::Str(b) | Offset::Bytes(b) => Err(b.as_ref()),
+        };
+        order(self.value(buf), theirs)
+    }
+
+    /// Compares two offsets found in the same buffer.
+    pub fn cmp_found(&self, other: &Found, buf: &[u8]) -> Ordering {
+        order(self.value(buf), other.value(buf))
+    }
+
+    /// The owned offset; strings and bytes become slices of `buf` (no copy).
+    pub fn to_offset(&self, buf: &Bytes) -> Offset {
+        match self {
+            Found::Int(n) => Offset::Int(*n),
+            Found::Str(r) => Offset::Str(buf.slice(r.clone())),
+            Found::Bytes(r) => Offset::Bytes(buf.slice(r.clone())),
+        }
+    }
+}
+
+/// `Offset`'s order over borrowed values: integers as numbers, strings and bytes bytewise,
+/// integers first (one path has one leaf kind, so mixed kinds never meet).
+fn order(a: Result<i128, &[u8]>, b: Result<i128, &[u8]>) -> Ordering {
+    match (a, b) {
+        (Ok(a), Ok(b)) => a.cmp(&b),
+        (Err(a), Err(b)) => a.cmp(b),
+        (Ok(_), Err(_)) => Ordering::Less,
+        (Err(_), Ok(_)) => Ordering::Greater,
+    }
+}
+
 /// Reads the offset at `path` from an encoded message. `Ok(None)`: the field is absent.
 /// Protobuf's "last one wins" holds: a repeated occurrence overrides an earlier one.
 pub fn extract(msg: &Bytes, path: &OffsetPath) -> Result<Option<Offset>, WireError> {
+    Ok(find(msg, path)?.map(|f| f.to_offset(msg)))
+}
+
+/// `extract` without taking anything out of `msg`: where the offset is.
+pub fn find(msg: &[u8], path: &OffsetPath) -> Result<Option<Found>, WireError> {
     let mut found = None;
     scan(msg, 0, msg.len(), &path.numbers, path.leaf, &mut found)?;
     Ok(found)
 }
 
 fn scan(
-    msg: &Bytes,
+    msg: &[u8],
     mut pos: usize,
     end: usize,
     path: &[u32],
     leaf: LeafKind,
-    found: &mut Option<Offset>,
+    found: &mut Option<Found>,
 ) -> Result<(), WireError> {
     let buf = &msg[..end];
     while pos < end {
@@ -135,34 +203,28 @@ fn scan(
             pos += len;
             continue;
         }
-        *found = Some(read_leaf(msg, buf, &mut pos, wire, leaf)?);
+        *found = Some(read_leaf(buf, &mut pos, wire, leaf)?);
     }
     Ok(())
 }
 
-fn read_leaf(
-    msg: &Bytes,
-    buf: &[u8],
-    pos: &mut usize,
-    wire: u8,
-    leaf: LeafKind,
-) -> Result<Offset, WireError> {
+fn read_leaf(buf: &[u8], pos: &mut usize, wire: u8, leaf: LeafKind) -> Result<Found, WireError> {
     Ok(match leaf {
         LeafKind::Int32 => {
             expect_wire(wire, 0)?;
-            Offset::Int(i128::from(read_varint(buf, pos)? as i32))
+            Found::Int(i128::from(read_varint(buf, pos)? as i32))
         }
         LeafKind::Int64 => {
             expect_wire(wire, 0)?;
-            Offset::Int(i128::from(read_varint(buf, pos)? as i64))
+            Found::Int(i128::from(read_varint(buf, pos)? as i64))
         }
         LeafKind::UInt32 => {
             expect_wire(wire, 0)?;
-            Offset::Int(i128::from(read_varint(buf, pos)? as u32))
+            Found::Int(i128::from(read_varint(buf, pos)? as u32))
         }
         LeafKind::UInt64 => {
             expect_wire(wire, 0)?;
-            Offset::Int(i128::from(read_varint(buf, pos)?))
+            Found::Int(i128::from(read_varint(buf, pos)?))
         }
         LeafKind::SInt32 | LeafKind::SInt64 => {
             expect_wire(wire, 0)?;
@@ -173,13 +235,13 @@ fn read_leaf(
             } else {
                 n
             };
-            Offset::Int(i128::from(n))
+            Found::Int(i128::from(n))
         }
         LeafKind::Fixed32 | LeafKind::SFixed32 => {
             expect_wire(wire, 5)?;
             let raw = take::<4>(buf, pos)?;
             let v = u32::from_le_bytes(raw);
-            Offset::Int(if leaf == LeafKind::Fixed32 {
+            Found::Int(if leaf == LeafKind::Fixed32 {
                 i128::from(v)
             } else {
                 i128::from(v as i32)
@@ -189,7 +251,7 @@ fn read_leaf(
             expect_wire(wire, 1)?;
             let raw = take::<8>(buf, pos)?;
             let v = u64::from_le_bytes(raw);
-            Offset::Int(if leaf == LeafKind::Fixed64 {
+            Found::Int(if leaf == LeafKind::Fixed64 {
                 i128::from(v)
             } else {
                 i128::from(v as i64)
@@ -198,13 +260,13 @@ fn read_leaf(
         LeafKind::String | LeafKind::Bytes => {
             expect_wire(wire, 2)?;
             let len = read_len(buf, pos)?;
-            let value = msg.slice(*pos..*pos + len);
+            let range = *pos..*pos + len;
             *pos += len;
             if leaf == LeafKind::String {
-                std::str::from_utf8(&value).map_err(|_| WireError::Utf8)?;
-                Offset::Str(value)
+                std::str::from_utf8(&buf[range.clone()]).map_err(|_| WireError::Utf8)?;
+                Found::Str(range)
             } else {
-                Offset::Bytes(value)
+                Found::Bytes(range)
             }
         }
     })
@@ -238,7 +300,15 @@ fn read_len(buf: &[u8], pos: &mut usize) -> Result<usize, WireError> {
     Ok(len)
 }
 
+#[inline]
 fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
+    // Tags and small values are one byte: the common case, without the loop.
+    if let Some(&byte) = buf.get(*pos)
+        && byte < 0x80
+    {
+        *pos += 1;
+        return Ok(u64::from(byte));
+    }
     let mut value = 0u64;
     for i in 0..10 {
         let byte = *buf
@@ -322,6 +392,43 @@ mod tests {
         field(1, 2, b"abc", &mut m);
         let got = extract(&m.into(), &path(&[1], LeafKind::String)).expect("valid");
         assert_eq!(got, Some(Offset::Str(Bytes::from_static(b"abc"))));
+    }
+
+    #[test]
+    fn found_offsets_compare_in_place_as_owned_ones_do() {
+        let values: [&[u8]; 4] = [b"", b"a", b"ab", b"b"];
+        // Two messages side by side in one buffer, each with its string offset.
+        for x in values {
+            for y in values {
+                let (mut mx, mut my) = (Vec::new(), Vec::new());
+                field(1, 2, x, &mut mx);
+                field(1, 2, y, &mut my);
+                let buf = Bytes::from([mx.clone(), my.clone()].concat());
+                let p = path(&[1], LeafKind::String);
+                let fx = find(&mx, &p).expect("valid").expect("present");
+                let fy = find(&my, &p)
+                    .expect("valid")
+                    .expect("present")
+                    .shifted(mx.len());
+                let (ox, oy) = (fx.to_offset(&buf), fy.to_offset(&buf));
+                assert_eq!(ox, Offset::Str(Bytes::copy_from_slice(x)));
+                assert_eq!(oy, Offset::Str(Bytes::copy_from_slice(y)));
+                assert_eq!(fx.cmp_found(&fy, &buf), ox.cmp(&oy), "{x:?} vs {y:?}");
+                assert_eq!(fx.cmp_offset(&buf, &oy), ox.cmp(&oy), "{x:?} vs {y:?}");
+            }
+        }
+        let (a, b) = (Found::Int(-3), Found::Int(7));
+        assert!(a.cmp_found(&b, &[]).is_lt());
+        assert!(b.cmp_offset(&[], &Offset::Int(7)).is_eq());
+        assert_eq!(Found::Int(5).shifted(100), Found::Int(5));
+    }
+
+    #[test]
+    fn multi_byte_varints_still_read() {
+        let mut m = Vec::new();
+        field(1, 0, &[0xff, 0xff, 0x03], &mut m); // 65535
+        let got = extract(&m.into(), &path(&[1], LeafKind::UInt32)).expect("valid");
+        assert_eq!(got, Some(Offset::Int(65535)));
     }
 
     #[test]

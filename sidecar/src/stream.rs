@@ -36,7 +36,7 @@ use crate::{
     descriptors::ResumableMethod,
     events::{Events, JobEvent},
     grpc::{self, BoxError, Deframer, Messages, ProxyBody, code},
-    offset::{self, Offset},
+    offset::{self, Found, Offset},
     proxy::{UpstreamClient, error_chain, strip_hop_by_hop, upstream_uri},
     request,
     store::{Backend, Store},
@@ -786,6 +786,9 @@ impl Task {
 
     /// Keeps the messages above the last forwarded offset; returns the bytes to forward, as
     /// slices of `whole` (no copy) unless a message had to be decompressed.
+    ///
+    /// Per message this only reads: offsets are compared where they lie in `whole` (`Found`),
+    /// and `self.last` is made an owned `Offset` once per run of kept messages.
     fn filter(
         &mut self,
         whole: Bytes,
@@ -794,87 +797,129 @@ impl Task {
     ) -> Result<Vec<Chunk>, Outcome> {
         let mut out = Vec::with_capacity(1);
         let mut run_start = 0;
+        // The last kept message's offset while it is still only a place in `whole`.
+        let mut pending: Option<Found> = None;
         let mut msgs = Messages::new(whole.clone());
         loop {
             let start = msgs.position();
-            let Some((compressed, payload)) = msgs.next() else {
+            let Some((compressed, range)) = msgs.next_range() else {
                 break;
             };
             let end = msgs.position();
-            let (payload, reframed) = if compressed {
-                if !gzip {
-                    self.counters.malformed.inc();
-                    return Err(Outcome::Failed {
-                        error: "upstream sent a compressed message without grpc-encoding: gzip"
-                            .into(),
-                    });
+            if compressed {
+                // Rare: decompress, then compare against an owned `last`.
+                self.settle(&mut pending, &whole);
+                let framed = self.gunzip(&whole[range], gzip)?;
+                let payload = framed.slice(5..);
+                let offset = self.offset_in(&payload)?.to_offset(&payload);
+                let keep = self.last.as_ref().is_none_or(|last| offset > *last);
+                if start > run_start {
+                    out.push(self.forward(whole.slice(run_start..start)));
                 }
-                let mut plain = Vec::new();
-                if let Err(e) = GzDecoder::new(payload.as_ref()).read_to_end(&mut plain) {
-                    self.counters.malformed.inc();
-                    return Err(Outcome::Failed {
-                        error: format!("cannot gunzip an upstream message: {e}"),
-                    });
+                run_start = end;
+                if keep {
+                    *replaying = false;
+                    self.last = Some(offset);
+                    self.messages += 1;
+                    out.push(self.forward(framed));
+                } else {
+                    self.dropped(&offset, *replaying);
                 }
-                let framed = grpc::frame(&plain);
-                (framed.slice(5..), Some(framed))
-            } else {
-                (payload, None)
-            };
-            let offset = match offset::extract(&payload, &self.method.offset) {
-                Ok(Some(o)) => o,
-                Ok(None) => {
-                    self.counters.missing_offset.inc();
-                    return Err(Outcome::Failed {
-                        error: format!(
-                            "upstream message {} has no offset field {}",
-                            self.messages + 1,
-                            self.method.offset_field
-                        ),
-                    });
-                }
-                Err(e) => {
-                    self.counters.malformed.inc();
-                    return Err(Outcome::Failed {
-                        error: format!("upstream message {} is unreadable: {e}", self.messages + 1),
-                    });
+                continue;
+            }
+            let found = match self.offset_in(&whole[range.clone()]) {
+                Ok(f) => f.shifted(range.start),
+                Err(outcome) => {
+                    self.settle(&mut pending, &whole);
+                    return Err(outcome);
                 }
             };
-            let keep = self.last.as_ref().is_none_or(|last| offset > *last);
+            let keep = match (&pending, &self.last) {
+                (Some(p), _) => found.cmp_found(p, &whole).is_gt(),
+                (None, Some(last)) => found.cmp_offset(&whole, last).is_gt(),
+                (None, None) => true,
+            };
             if keep {
                 *replaying = false;
-            }
-            if keep && reframed.is_none() {
-                self.last = Some(offset);
+                pending = Some(found);
                 self.messages += 1;
                 continue;
             }
+            self.settle(&mut pending, &whole);
             if start > run_start {
                 out.push(self.forward(whole.slice(run_start..start)));
             }
             run_start = end;
-            if keep {
-                self.last = Some(offset);
-                self.messages += 1;
-                if let Some(framed) = reframed {
-                    out.push(self.forward(framed));
-                }
-            } else if !*replaying {
-                self.counters.out_of_order.inc();
-                self.out_of_order_logged += 1;
-                if self.out_of_order_logged <= 10 {
-                    tracing::warn!(job.id = %self.job_id, offset = %offset, "dropped a message out of order: the upstream must stream in strictly ascending offset order");
-                }
-            } else {
-                self.counters.duplicate.inc();
-                self.attempt_duplicates += 1;
-                tracing::debug!(job.id = %self.job_id, offset = %offset, "dropped a message at or below the last forwarded offset");
-            }
+            self.dropped(&found.to_offset(&whole), *replaying);
         }
+        self.settle(&mut pending, &whole);
         if whole.len() > run_start {
             out.push(self.forward(whole.slice(run_start..)));
         }
         Ok(out)
+    }
+
+    /// Makes the last kept message's offset, if it is only a place in `whole`, `self.last`.
+    fn settle(&mut self, pending: &mut Option<Found>, whole: &Bytes) {
+        if let Some(found) = pending.take() {
+            self.last = Some(found.to_offset(whole));
+        }
+    }
+
+    /// The offset of one message's payload; a message without one, or unreadable, fails the job.
+    fn offset_in(&self, payload: &[u8]) -> Result<Found, Outcome> {
+        match offset::find(payload, &self.method.offset) {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => {
+                self.counters.missing_offset.inc();
+                Err(Outcome::Failed {
+                    error: format!(
+                        "upstream message {} has no offset field {}",
+                        self.messages + 1,
+                        self.method.offset_field
+                    ),
+                })
+            }
+            Err(e) => {
+                self.counters.malformed.inc();
+                Err(Outcome::Failed {
+                    error: format!("upstream message {} is unreadable: {e}", self.messages + 1),
+                })
+            }
+        }
+    }
+
+    /// A compressed message's payload, decompressed and framed again (uncompressed).
+    fn gunzip(&self, payload: &[u8], gzip: bool) -> Result<Bytes, Outcome> {
+        if !gzip {
+            self.counters.malformed.inc();
+            return Err(Outcome::Failed {
+                error: "upstream sent a compressed message without grpc-encoding: gzip".into(),
+            });
+        }
+        let mut plain = Vec::new();
+        if let Err(e) = GzDecoder::new(payload).read_to_end(&mut plain) {
+            self.counters.malformed.inc();
+            return Err(Outcome::Failed {
+                error: format!("cannot gunzip an upstream message: {e}"),
+            });
+        }
+        Ok(grpc::frame(&plain))
+    }
+
+    /// Counts (and logs) a message at or below the last forwarded offset.
+    fn dropped(&mut self, offset: &Offset, replaying: bool) {
+        if !replaying {
+            self.counters.out_of_order.inc();
+            self.out_of_order_logged += 1;
+            if self.out_of_order_logged <= 10 {
+                tracing::warn!(job.id = %self.job_id, offset = %offset, "dropped a message out of order: the upstream must stream in strictly ascending offset order");
+            }
+        } else {
+            self.counters.duplicate.inc();
+            self.attempt_duplicates += 1;
+            tracing::debug!(job.id = %self.job_id, offset = %offset, "dropped a message at or below the last forwarded offset");
+        }
     }
 
     /// Bytes to forward, ending with the message that set the current `last`.
