@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use redis::aio::ConnectionManager;
@@ -66,6 +68,10 @@ where
         .await
         .context("RabbitMQ must run at AMQP_URL")?;
     let raw = connection.create_channel().await?;
+    // Confirms, so that a raw publish has reached its queues when it returns: a test that
+    // publishes raw messages and then an event through the bus (another channel) may rely on
+    // their order in the queue.
+    raw.confirm_select(ConfirmSelectOptions::default()).await?;
     let redis_client = redis::Client::open(super::redis_url())?;
     let redis = ConnectionManager::new(redis_client).await?;
     let fixture = AmqpFixture {
