@@ -62,38 +62,13 @@ struct Story {
 fn sigkill_story(w: &World, start_recoverer_late: bool) -> Story {
     let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
     let (sink_a, sink_b) = (free_port(), free_port());
-    let (b_port, b_metrics) = (free_port(), free_port());
     let sink_record = w.path().join("sink-b.txt");
     let _sink = w.sink(sink_b, &sink_record);
-    let streams = World::deliver_streams();
-    let mut a = w.sidecar(&w.config_as(
-        "pod-a",
-        w.sidecar_port,
-        w.metrics_port,
-        true,
-        &streams,
-        &deliver_extra(sink_a),
-    ));
-    let b = w.sidecar_on(
-        b_port,
-        &w.config_as(
-            "pod-b",
-            b_port,
-            b_metrics,
-            true,
-            &streams,
-            &deliver_extra(sink_b),
-        ),
-    );
-    wait_until("B consumes handoffs", LONG, || {
-        b.log_text().contains("taking handoffs")
-    });
+    let mut a = w.sidecar(&w.deliver_config("pod-a", w.sidecar_port, w.metrics_port, sink_a));
+    let _b = w.deliver_pod("pod-b", sink_b, |c| c);
     let _recoverer = (!start_recoverer_late).then(|| recoverer(w));
 
-    let first = w.path().join("first.txt");
-    let arg = first.to_string_lossy().to_string();
-    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    wait_until("app on A streaming", LONG, || lines(&first).len() >= 2000);
+    let (mut app, first) = w.admins_streaming("first.txt", 2000);
     a.kill9();
     app.wait_exit(LONG);
     let job = w.job_ids().pop().expect("a job");
@@ -197,42 +172,22 @@ fn sigkill_reported_as_oomkilled_by_kubernetes_orphans_at_once_and_b_resumes() {
 
     let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
     let (sink_a, sink_b) = (free_port(), free_port());
-    let (b_port, b_metrics) = (free_port(), free_port());
     let sink_record = w.path().join("sink-b.txt");
     let _sink = w.sink(sink_b, &sink_record);
-    let streams = World::deliver_streams();
     let long_lease = |c: String| c.replace("lease_ttl: 2s", "lease_ttl: 60s");
-    let mut a = w.sidecar(&long_lease(w.config_as(
+    let mut a = w.sidecar(&long_lease(w.deliver_config(
         "pod-a",
         w.sidecar_port,
         w.metrics_port,
-        true,
-        &streams,
-        &deliver_extra(sink_a),
+        sink_a,
     )));
-    let b = w.sidecar_on(
-        b_port,
-        &long_lease(w.config_as(
-            "pod-b",
-            b_port,
-            b_metrics,
-            true,
-            &streams,
-            &deliver_extra(sink_b),
-        )),
-    );
-    wait_until("B consumes handoffs", LONG, || {
-        b.log_text().contains("taking handoffs")
-    });
+    let _b = w.deliver_pod("pod-b", sink_b, long_lease);
     let recoverer = recoverer_with(&w, Some(&kubeconfig));
     wait_until("recoverer's pod store synced", SYNC, || {
         recoverer.log_text().contains("pod store synced")
     });
 
-    let first = w.path().join("first.txt");
-    let arg = first.to_string_lossy().to_string();
-    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    wait_until("app on A streaming", LONG, || lines(&first).len() >= 2000);
+    let (mut app, first) = w.admins_streaming("first.txt", 2000);
     a.kill9();
     app.wait_exit(LONG);
     let job = w.job_ids().pop().expect("a job");

@@ -47,10 +47,7 @@ fn outbox_len(w: &World) -> usize {
 
 /// Streams on A until its app holds 2,000 users, then SIGTERMs A; returns what A's app got.
 fn stream_on_a_then_sigterm(w: &World, a: &mut Proc) -> Vec<String> {
-    let first = w.path().join("first.txt");
-    let arg = first.to_string_lossy().to_string();
-    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    wait_until("app on A streaming", LONG, || lines(&first).len() >= 2000);
+    let (mut app, first) = w.admins_streaming("first.txt", 2000);
     a.signal(15);
     let status = a.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "A exits 0:\n{}", a.log_text());
@@ -65,32 +62,10 @@ fn broker_down_during_sigterm_the_event_waits_in_the_outbox_then_b_takes_over() 
     w.amqp = true;
     let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
     let (sink_a, sink_b) = (free_port(), free_port());
-    let (b_port, b_metrics) = (free_port(), free_port());
     let sink_record = w.path().join("sink-b.txt");
     let _sink_b = w.sink(sink_b, &sink_record);
-    let streams = World::deliver_streams();
-    let mut a = w.sidecar(&w.config_as(
-        "pod-a",
-        w.sidecar_port,
-        w.metrics_port,
-        true,
-        &streams,
-        &deliver_extra(sink_a),
-    ));
-    let b = w.sidecar_on(
-        b_port,
-        &w.config_as(
-            "pod-b",
-            b_port,
-            b_metrics,
-            true,
-            &streams,
-            &deliver_extra(sink_b),
-        ),
-    );
-    wait_until("B consumes handoffs", LONG, || {
-        b.log_text().contains("taking handoffs")
-    });
+    let mut a = w.sidecar(&w.deliver_config("pod-a", w.sidecar_port, w.metrics_port, sink_a));
+    let _b = w.deliver_pod("pod-b", sink_b, |c| c);
 
     let _restore = Restore;
     rabbitmqctl(&["stop_app"]);
@@ -120,16 +95,7 @@ fn broker_restarted_in_the_middle_of_a_handoff_loses_nothing() {
     w.amqp = true;
     let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
     let (sink_a, sink_b) = (free_port(), free_port());
-    let (b_port, b_metrics) = (free_port(), free_port());
-    let streams = World::deliver_streams();
-    let mut a = w.sidecar(&w.config_as(
-        "pod-a",
-        w.sidecar_port,
-        w.metrics_port,
-        true,
-        &streams,
-        &deliver_extra(sink_a),
-    ));
+    let mut a = w.sidecar(&w.deliver_config("pod-a", w.sidecar_port, w.metrics_port, sink_a));
 
     // A hands off (the event is confirmed: it sits in the durable quorum queue); the broker
     // restarts before any pod of the service has taken it; B starts afterwards.
@@ -146,17 +112,7 @@ fn broker_restarted_in_the_middle_of_a_handoff_loses_nothing() {
 
     let sink_record = w.path().join("sink-b.txt");
     let _sink_b = w.sink(sink_b, &sink_record);
-    let _b = w.sidecar_on(
-        b_port,
-        &w.config_as(
-            "pod-b",
-            b_port,
-            b_metrics,
-            true,
-            &streams,
-            &deliver_extra(sink_b),
-        ),
-    );
+    let _b = w.deliver_pod("pod-b", sink_b, |c| c);
     let all = admin_ids(30000);
     wait_until("B's sink received the rest", LONG, || {
         lines(&sink_record).len() >= all.len() - got_a.len()

@@ -15,37 +15,12 @@ fn sigterm_hands_the_job_to_another_pod_and_its_sink_receives_the_rest() {
     w.amqp = true;
     let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
     let (sink_a, sink_b) = (free_port(), free_port());
-    let (b_port, b_metrics) = (free_port(), free_port());
     let sink_record = w.path().join("sink-b.txt");
     let _sink_b = w.sink(sink_b, &sink_record);
-    let streams = World::deliver_streams();
-    let mut a = w.sidecar(&w.config_as(
-        "pod-a",
-        w.sidecar_port,
-        w.metrics_port,
-        true,
-        &streams,
-        &deliver_extra(sink_a),
-    ));
-    let b = w.sidecar_on(
-        b_port,
-        &w.config_as(
-            "pod-b",
-            b_port,
-            b_metrics,
-            true,
-            &streams,
-            &deliver_extra(sink_b),
-        ),
-    );
-    wait_until("B consumes handoffs", LONG, || {
-        b.log_text().contains("taking handoffs")
-    });
+    let mut a = w.sidecar(&w.deliver_config("pod-a", w.sidecar_port, w.metrics_port, sink_a));
+    let _b = w.deliver_pod("pod-b", sink_b, |c| c);
 
-    let first = w.path().join("first.txt");
-    let arg = first.to_string_lossy().to_string();
-    let mut app_a = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    wait_until("app on A streaming", LONG, || lines(&first).len() >= 2000);
+    let (mut app_a, first) = w.admins_streaming("first.txt", 2000);
     let signalled = std::time::Instant::now();
     a.signal(15);
     let status = a.wait_exit(Duration::from_secs(20));

@@ -34,10 +34,7 @@ fn sigterm_hands_the_job_over_and_the_app_on_another_pod_gets_only_the_rest() {
         &w.config_as("pod-b", b_port, b_metrics, true, &streams, ""),
     );
 
-    let first = w.path().join("first.txt");
-    let arg = first.to_string_lossy().to_string();
-    let mut app_a = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    wait_until("app on A streaming", LONG, || lines(&first).len() >= 2000);
+    let (mut app_a, first) = w.admins_streaming("first.txt", 2000);
     a.signal(15);
     let status = a.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "A exits 0:\n{}", a.log_text());
@@ -80,10 +77,7 @@ fn a_restarted_sidecar_releases_jobs_its_previous_instance_left_running() {
         .config(true, "")
         .replace("lease_ttl: 2s", "lease_ttl: 60s");
     let mut sidecar = w.sidecar(&config);
-    let record = w.path().join("ids.txt");
-    let arg = record.to_string_lossy().to_string();
-    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    wait_until("app streaming", LONG, || lines(&record).len() >= 1000);
+    let (mut app, _) = w.admins_streaming("ids.txt", 1000);
     // The container is OOM-killed: no handoff, the job stays `running` with a long lease.
     sidecar.kill9();
     app.wait_exit(LONG);
@@ -135,10 +129,7 @@ fn a_request_for_a_job_whose_owner_died_waits_for_the_lease_then_takes_over() {
         b_port,
         &w.config_as("pod-b", b_port, b_metrics, true, &streams, ""),
     );
-    let record = w.path().join("ids.txt");
-    let arg = record.to_string_lossy().to_string();
-    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    wait_until("app streaming", LONG, || lines(&record).len() >= 1000);
+    let (mut app, _) = w.admins_streaming("ids.txt", 1000);
     a.kill9();
     app.wait_exit(LONG);
     let job = w.job_ids().pop().expect("a job");
@@ -165,10 +156,7 @@ fn a_request_for_a_job_whose_owner_is_alive_runs_as_an_independent_job() {
         b_port,
         &w.config_as("pod-b", b_port, b_metrics, true, &streams, ""),
     );
-    let record = w.path().join("ids.txt");
-    let arg = record.to_string_lossy().to_string();
-    let mut app_a = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    wait_until("app on A streaming", LONG, || lines(&record).len() >= 500);
+    let (mut app_a, _) = w.admins_streaming("ids.txt", 500);
     // A renews its lease while B's request waits: B runs its own job from the start.
     let (status, summary) = w.client_at(
         b_port,
@@ -190,10 +178,7 @@ fn a_zombie_owner_whose_fence_moved_on_cannot_move_the_offset() {
     let w = World::new();
     let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
     let _sidecar = w.sidecar(&w.config(true, ""));
-    let record = w.path().join("ids.txt");
-    let arg = record.to_string_lossy().to_string();
-    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    wait_until("app streaming", LONG, || lines(&record).len() >= 1000);
+    let (mut app, _) = w.admins_streaming("ids.txt", 1000);
     let job = w.job_ids().pop().expect("a job");
 
     // Another owner takes the job, as the recoverer does for a pod it believes dead: the fence

@@ -267,6 +267,60 @@ impl World {
         )
     }
 
+    /// The config of a sidecar of `pod` with ListUsers under `resume: deliver`: Redis, the
+    /// broker, and the app's ResumeSink on `sink_port`.
+    pub fn deliver_config(
+        &self,
+        pod: &str,
+        port: u16,
+        metrics_port: u16,
+        sink_port: u16,
+    ) -> String {
+        self.config_as(
+            pod,
+            port,
+            metrics_port,
+            true,
+            &Self::deliver_streams(),
+            &deliver_extra(sink_port),
+        )
+    }
+
+    /// Starts another pod's deliver-mode sidecar on fresh ports (its config passed through
+    /// `edit`), delivering to the ResumeSink on `sink_port`; returns once it takes handoffs.
+    pub fn deliver_pod(
+        &self,
+        pod: &str,
+        sink_port: u16,
+        edit: impl FnOnce(String) -> String,
+    ) -> Proc {
+        let (port, metrics_port) = (free_port(), free_port());
+        let p = self.sidecar_on(
+            port,
+            &edit(self.deliver_config(pod, port, metrics_port, sink_port)),
+        );
+        wait_until(
+            &format!("{pod} consumes handoffs"),
+            Duration::from_secs(120),
+            || p.log_text().contains("taking handoffs"),
+        );
+        p
+    }
+
+    /// Starts `demo-client users --role admin` through the world's sidecar, recording to
+    /// `file` in the scratch directory, and returns once `at_least` admins are recorded.
+    pub fn admins_streaming(&self, file: &str, at_least: usize) -> (Proc, PathBuf) {
+        let record = self.path().join(file);
+        let arg = record.to_string_lossy().to_string();
+        let app = self.client_proc(&["users", "--role", "admin", "--record", &arg]);
+        wait_until(
+            &format!("{at_least} admins recorded in {file}"),
+            Duration::from_secs(120),
+            || lines(&record).len() >= at_least,
+        );
+        (app, record)
+    }
+
     /// ListUsers with `resume: deliver`.
     pub fn deliver_streams() -> String {
         format!(
