@@ -171,6 +171,7 @@ pub fn start_sidecar(
         dir.join(format!("{pod}.log")),
         port,
         metrics_port,
+        &[],
     )?;
     Ok(Sidecar { proc, port })
 }

@@ -80,6 +80,14 @@ struct Args {
     /// handoff: `drain_period` of both sidecars, e.g. `0s` [default: the sidecar's, 1s].
     #[arg(long, value_name = "DURATION")]
     drain_period: Option<String>,
+    /// A top-level line added to the sidecar's config of `single` and `many`, e.g.
+    /// `--sidecar-config 'worker_threads: 2'`; repeatable.
+    #[arg(long, value_name = "YAML_LINE")]
+    sidecar_config: Vec<String>,
+    /// An environment variable for the sidecar of `single` and `many`, e.g.
+    /// `--sidecar-env MALLOC_ARENA_MAX=1`; repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
+    sidecar_env: Vec<(String, String)>,
     /// Keep the scratch directory with every process's log and print where it is.
     #[arg(long)]
     keep_logs: bool,
@@ -93,6 +101,13 @@ impl Args {
             }
             (a, b) => Ok(a.or(b).unwrap_or(Which::All)),
         }
+    }
+}
+
+fn parse_env(v: &str) -> Result<(String, String), String> {
+    match v.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{v}` is not KEY=VALUE")),
     }
 }
 
@@ -171,6 +186,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         key_prefix: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
         checkpoint_interval: args.checkpoint_interval.clone(),
         nginx,
+        sidecar_config: args.sidecar_config.clone(),
+        sidecar_env: args.sidecar_env.clone(),
     };
     let payload_bytes = args.payload_bytes.unwrap_or_else(|| {
         load::payload_for_event_bytes(EVENT_BYTES, TOPIC_LEN, args.messages / 2)
@@ -388,6 +405,12 @@ fn print_header(args: &Args, setup: &Setup, routes: &[Route]) {
             "OFF"
         },
     );
+    for line in &setup.sidecar_config {
+        println!("sidecar config: {line}");
+    }
+    for (k, v) in &setup.sidecar_env {
+        println!("sidecar env: {k}={v}");
+    }
 }
 
 fn print_json(args: &Args, setup: &Setup, payload_bytes: u32, scenarios: &[Scenario], exact: bool) {
@@ -428,6 +451,8 @@ fn print_json(args: &Args, setup: &Setup, payload_bytes: u32, scenarios: &[Scena
             "checkpoint_interval": setup.checkpoint_interval,
             "redis": setup.redis_url.is_some(),
             "nginx": setup.nginx.is_some(),
+            "sidecar_config": setup.sidecar_config,
+            "sidecar_env": setup.sidecar_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "scenarios": scenarios,
         "exact": exact,

@@ -156,13 +156,15 @@ pub fn spawn_sidecar(
     log: PathBuf,
     port: u16,
     metrics_port: u16,
+    env: &[(String, String)],
 ) -> anyhow::Result<Proc> {
     std::fs::write(config_path, config)?;
     let mut cmd = Command::new(sibling_bin("reprise-sidecar")?);
     cmd.arg("--config")
         .arg(config_path)
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let mut proc = Proc::spawn("reprise-sidecar", &mut cmd, log)?;
     proc.wait_port(port, START_TIMEOUT)?;
     proc.wait_port(metrics_port, START_TIMEOUT)?;

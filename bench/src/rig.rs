@@ -45,6 +45,10 @@ pub struct Setup {
     pub key_prefix: String,
     pub checkpoint_interval: String,
     pub nginx: Option<PathBuf>,
+    /// Extra lines of the sidecar's config (`--sidecar-config`).
+    pub sidecar_config: Vec<String>,
+    /// Extra environment of the sidecar (`--sidecar-env`).
+    pub sidecar_env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -124,6 +128,7 @@ impl Rig {
              pod_name: bench\n\
              metrics_listen: 127.0.0.1:{mp}\n\
              checkpoint_interval: {interval}\n\
+             {extra}\
              streams:\n  \
                - method: {EVENTS_METHOD}\n    \
                  offset_field: cursor.seq\n    \
@@ -134,6 +139,11 @@ impl Rig {
             prefix = quote(&setup.key_prefix),
             mp = self.metrics_port,
             interval = setup.checkpoint_interval,
+            extra = setup
+                .sidecar_config
+                .iter()
+                .map(|line| format!("{line}\n"))
+                .collect::<String>(),
         );
         self.sidecar = Some(spawn_sidecar(
             &config,
@@ -141,6 +151,7 @@ impl Rig {
             setup.dir.join(format!("sidecar-{scenario}.log")),
             self.sidecar_port,
             self.metrics_port,
+            &setup.sidecar_env,
         )?);
         Ok(())
     }

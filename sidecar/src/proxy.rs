@@ -40,11 +40,13 @@ pub fn upstream_client() -> UpstreamClient {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .http2_keep_alive_timeout(Duration::from_secs(5))
         .http2_keep_alive_while_idle(true)
-        // 512 KiB per stream keeps one fast stream busy on loopback; the connection's 2 MiB
-        // caps what all streams together may have in flight. A slow app stops the window.
-        .http2_initial_stream_window_size(512 * 1024)
-        .http2_initial_connection_window_size(2 << 20)
-        // Large frames from the upstream mean fewer chunks to hand through the stream task.
+        // 256 KiB per stream keeps one fast stream busy; the connection's 512 KiB caps what all
+        // streams together may have in flight from the upstream, unread. A stream task reads
+        // only when its app has room (see `Task::attempt`), so a slow app stops the window,
+        // and this is the bound on data waiting in the sidecar for many streams at once.
+        .http2_initial_stream_window_size(256 * 1024)
+        .http2_initial_connection_window_size(512 * 1024)
+        // Large frames from the upstream mean fewer reads and fewer chunks per message.
         .http2_max_frame_size(64 * 1024)
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector)

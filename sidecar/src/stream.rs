@@ -44,9 +44,11 @@ use crate::{
 
 /// Metadata an app may send to name its job instead of the derived id.
 pub const JOB_ID_HEADER: &str = "x-reprise-job-id";
-/// Response chunks buffered between the stream task and the app's connection. With HTTP/2 flow
-/// control on both sides this bounds a slow app's memory: ~this many chunks + one window.
-const CHANNEL_DEPTH: usize = 2;
+/// Response chunks (one upstream DATA frame's messages each) queued between the stream task and
+/// the app's connection. The task takes a frame from the upstream only once there is room, so
+/// per stream the sidecar holds this chunk, the one hyper is sending and what h2 buffers
+/// (`max_send_buf_size`); everything else waits unread under the upstream's window.
+const CHANNEL_DEPTH: usize = 1;
 
 /// Everything a stream task needs, shared by all of them.
 pub struct StreamCtx {
@@ -675,11 +677,23 @@ impl Task {
         // a message that goes backwards breaks the ordering contract.
         let mut replaying = self.last.is_some();
         let mut progressed = false;
+        let tx = self.tx.clone();
         loop {
+            // Room in the app's queue first, then a frame from the upstream: data the app
+            // cannot take yet stays under the upstream connection's flow-control window (one
+            // bound for all streams) instead of in this task's hands.
+            let permit = tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
+                p = tx.reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => return Step::Done(Outcome::AppGone),
+                },
+            };
             let frame = tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
-                _ = self.tx.closed() => return Step::Done(Outcome::AppGone),
+                _ = tx.closed() => return Step::Done(Outcome::AppGone),
                 f = body.frame() => f,
             };
             let frame = match frame {
@@ -732,15 +746,20 @@ impl Task {
                     Err(outcome) => return Step::Done(outcome),
                 }
             }
+            let mut permit = Some(permit);
             for chunk in chunks {
                 let progress = chunk.progress.clone();
-                let sent = tokio::select! {
-                    biased;
-                    _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
-                    r = self.tx.send(chunk) => r,
-                };
-                if sent.is_err() {
-                    return Step::Done(Outcome::AppGone);
+                if let Some(p) = permit.take() {
+                    p.send(chunk);
+                } else {
+                    let sent = tokio::select! {
+                        biased;
+                        _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
+                        r = tx.send(chunk) => r,
+                    };
+                    if sent.is_err() {
+                        return Step::Done(Outcome::AppGone);
+                    }
                 }
                 // In the app's body now: it gets it before any status we send.
                 if let Some((offset, messages)) = progress {
