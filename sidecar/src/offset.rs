@@ -300,14 +300,27 @@ fn read_len(buf: &[u8], pos: &mut usize) -> Result<usize, WireError> {
     Ok(len)
 }
 
-#[inline]
+#[inline(always)]
 fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
-    // Tags and small values are one byte: the common case, without the loop.
+    // Tags, lengths and small values are one byte: the common case, inline and without a loop.
     if let Some(&byte) = buf.get(*pos)
         && byte < 0x80
     {
         *pos += 1;
         return Ok(u64::from(byte));
+    }
+    read_long_varint(buf, pos)
+}
+
+/// Two bytes (values up to 16383, e.g. offsets early in a stream) without the loop; longer
+/// ones with it.
+#[inline(never)]
+fn read_long_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
+    if let Some(&[low, high]) = buf.get(*pos..*pos + 2)
+        && high < 0x80
+    {
+        *pos += 2;
+        return Ok(u64::from(low & 0x7f) | u64::from(high) << 7);
     }
     let mut value = 0u64;
     for i in 0..10 {
@@ -323,6 +336,7 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
     Err(WireError::Malformed("varint longer than 10 bytes"))
 }
 
+#[inline]
 fn skip(buf: &[u8], pos: &mut usize, wire: u8, number: u32) -> Result<(), WireError> {
     match wire {
         0 => {
@@ -429,6 +443,39 @@ mod tests {
         field(1, 0, &[0xff, 0xff, 0x03], &mut m); // 65535
         let got = extract(&m.into(), &path(&[1], LeafKind::UInt32)).expect("valid");
         assert_eq!(got, Some(Offset::Int(65535)));
+    }
+
+    #[test]
+    fn varints_of_every_length_round_trip_and_truncated_ones_fail() {
+        let mut values = vec![
+            0, 1, 127, 128, 255, 300, 16_383, 16_384, 2_097_151, 2_097_152,
+        ];
+        values.extend((1..64).map(|bit| (1u64 << bit) - 1));
+        values.extend((1..64).map(|bit| 1u64 << bit));
+        values.push(u64::MAX);
+        for v in values {
+            let mut enc = Vec::new();
+            varint(v, &mut enc);
+            let mut pos = 0;
+            assert_eq!(read_varint(&enc, &mut pos), Ok(v), "value {v}");
+            assert_eq!(pos, enc.len(), "value {v}");
+            // With a following byte, the reader stops at the varint's end.
+            let mut padded = enc.clone();
+            padded.push(0x01);
+            let mut pos = 0;
+            assert_eq!(read_varint(&padded, &mut pos), Ok(v), "value {v} padded");
+            assert_eq!(pos, enc.len());
+            // Cut anywhere inside, it is an error, never a wrong value.
+            for cut in 0..enc.len() {
+                let mut pos = 0;
+                assert!(
+                    read_varint(&enc[..cut], &mut pos).is_err(),
+                    "value {v} cut at {cut}"
+                );
+            }
+        }
+        let mut pos = 0;
+        assert!(read_varint(&[0xff; 11], &mut pos).is_err(), "11 bytes");
     }
 
     #[test]

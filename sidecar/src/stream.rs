@@ -678,13 +678,21 @@ impl Task {
         let mut replaying = self.last.is_some();
         let mut progressed = false;
         let tx = self.tx.clone();
+        // What one upstream frame leaves to forward: reused, not allocated per frame.
+        let mut chunks: Vec<Chunk> = Vec::with_capacity(2);
+        // Made once per attempt, not per frame: each makes and drops a waiter registration.
+        let token = self.ctx.shutdown.clone();
+        let shutdown = token.cancelled();
+        tokio::pin!(shutdown);
+        let app_closed = tx.closed();
+        tokio::pin!(app_closed);
         loop {
             // Room in the app's queue first, then a frame from the upstream: data the app
             // cannot take yet stays under the upstream connection's flow-control window (one
             // bound for all streams) instead of in this task's hands.
             let permit = tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
+                _ = &mut shutdown => return Step::Done(Outcome::Shutdown),
                 p = tx.reserve() => match p {
                     Ok(p) => p,
                     Err(_) => return Step::Done(Outcome::AppGone),
@@ -692,8 +700,8 @@ impl Task {
             };
             let frame = tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
-                _ = tx.closed() => return Step::Done(Outcome::AppGone),
+                _ = &mut shutdown => return Step::Done(Outcome::Shutdown),
+                _ = &mut app_closed => return Step::Done(Outcome::AppGone),
                 f = body.frame() => f,
             };
             let frame = match frame {
@@ -736,25 +744,25 @@ impl Task {
                 }
             };
             let before = self.messages;
-            let mut chunks = Vec::with_capacity(2);
+            chunks.clear();
             for whole in buffers {
                 if whole.is_empty() {
                     continue;
                 }
-                match self.filter(whole, gzip, &mut replaying) {
-                    Ok(c) => chunks.extend(c),
+                match self.filter(whole, gzip, &mut replaying, &mut chunks) {
+                    Ok(()) => {}
                     Err(outcome) => return Step::Done(outcome),
                 }
             }
             let mut permit = Some(permit);
-            for chunk in chunks {
+            for chunk in chunks.drain(..) {
                 let progress = chunk.progress.clone();
                 if let Some(p) = permit.take() {
                     p.send(chunk);
                 } else {
                     let sent = tokio::select! {
                         biased;
-                        _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
+                        _ = &mut shutdown => return Step::Done(Outcome::Shutdown),
                         r = tx.send(chunk) => r,
                     };
                     if sent.is_err() {
@@ -803,8 +811,8 @@ impl Task {
         }
     }
 
-    /// Keeps the messages above the last forwarded offset; returns the bytes to forward, as
-    /// slices of `whole` (no copy) unless a message had to be decompressed.
+    /// Keeps the messages above the last forwarded offset; adds the bytes to forward to `out`,
+    /// as slices of `whole` (no copy) unless a message had to be decompressed.
     ///
     /// Per message this only reads: offsets are compared where they lie in `whole` (`Found`),
     /// and `self.last` is made an owned `Offset` once per run of kept messages.
@@ -813,8 +821,8 @@ impl Task {
         whole: Bytes,
         gzip: bool,
         replaying: &mut bool,
-    ) -> Result<Vec<Chunk>, Outcome> {
-        let mut out = Vec::with_capacity(1);
+        out: &mut Vec<Chunk>,
+    ) -> Result<(), Outcome> {
         let mut run_start = 0;
         // The last kept message's offset while it is still only a place in `whole`.
         let mut pending: Option<Found> = None;
@@ -875,7 +883,7 @@ impl Task {
         if whole.len() > run_start {
             out.push(self.forward(whole.slice(run_start..)));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Makes the last kept message's offset, if it is only a place in `whole`, `self.last`.
@@ -886,24 +894,34 @@ impl Task {
     }
 
     /// The offset of one message's payload; a message without one, or unreadable, fails the job.
+    #[inline]
     fn offset_in(&self, payload: &[u8]) -> Result<Found, Outcome> {
         match offset::find(payload, &self.method.offset) {
             Ok(Some(found)) => Ok(found),
-            Ok(None) => {
+            Ok(None) => Err(self.no_offset(None)),
+            Err(e) => Err(self.no_offset(Some(e))),
+        }
+    }
+
+    /// Why a message has no usable offset, counted; off the per-message path.
+    #[cold]
+    fn no_offset(&self, error: Option<offset::WireError>) -> Outcome {
+        match error {
+            None => {
                 self.counters.missing_offset.inc();
-                Err(Outcome::Failed {
+                Outcome::Failed {
                     error: format!(
                         "upstream message {} has no offset field {}",
                         self.messages + 1,
                         self.method.offset_field
                     ),
-                })
+                }
             }
-            Err(e) => {
+            Some(e) => {
                 self.counters.malformed.inc();
-                Err(Outcome::Failed {
+                Outcome::Failed {
                     error: format!("upstream message {} is unreadable: {e}", self.messages + 1),
-                })
+                }
             }
         }
     }
