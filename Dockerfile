@@ -14,14 +14,18 @@ COPY . .
 # (BuildKit) keep downloaded crates and compiled dependencies between builds, so a source change
 # rebuilds only the workspace's own crates. target/ lives in the cache, so the binaries are
 # copied out in the same step. `dist` is release with fat LTO (Cargo.toml): a smaller, faster
-# sidecar for a longer build.
+# sidecar for a longer build. The sidecar is built on its own first: built together with the
+# recoverer, its dependencies would get the features the recoverer's need too (Cargo unifies
+# features per build), and its code would be larger, which is resident memory in every pod.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --profile dist --locked --bins \
+    cargo build --profile dist --locked -p reprise-sidecar \
  && mkdir -p /out \
+ && cp target/dist/reprise-sidecar /out/ \
+ && cargo build --profile dist --locked -p reprise-recoverer -p reprise-cli -p reprise-demo \
  && cd target/dist \
- && cp reprise-sidecar reprise-recoverer reprise demo-server demo-client demo-sink /out/
+ && cp reprise-recoverer reprise demo-server demo-client demo-sink /out/
 
 FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="reprise" \

@@ -148,6 +148,23 @@ pub fn sibling_bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A binary that ships (the sidecar, the recoverer): from `$REPRISE_BENCH_SHIPPED` when set
+/// (scripts/bench points it at target/dist, where they are built as shipped, while the demo
+/// server and this load client are built for speed), else next to this one.
+pub fn shipped_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let Some(dir) = std::env::var_os("REPRISE_BENCH_SHIPPED") else {
+        return sibling_bin(name);
+    };
+    let path = PathBuf::from(dir).join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing (REPRISE_BENCH_SHIPPED): build it first (`cargo build --profile dist --bins`, as scripts/bench does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// `reprise-sidecar` on `config`, written to `config_path`, its output to `log`; returns once it
 /// listens on `port` and on `metrics_port`.
 pub fn spawn_sidecar(
@@ -159,7 +176,7 @@ pub fn spawn_sidecar(
     env: &[(String, String)],
 ) -> anyhow::Result<Proc> {
     std::fs::write(config_path, config)?;
-    let mut cmd = Command::new(sibling_bin("reprise-sidecar")?);
+    let mut cmd = Command::new(shipped_bin("reprise-sidecar")?);
     cmd.arg("--config")
         .arg(config_path)
         .env("RUST_LOG", "info")

@@ -10,7 +10,7 @@ use std::{
 use super::{apiserver::FakeApiServer, kube_pods};
 use crate::{
     fleet::{POD_A, POD_B, Shared, wait_for},
-    procs::{Proc, START_TIMEOUT, free_port, quote, sibling_bin},
+    procs::{Proc, START_TIMEOUT, free_port, quote, shipped_bin},
 };
 
 /// The demo server's database and pace: about 1 ms per admin (the sleep rounds up to the
@@ -63,7 +63,7 @@ pub fn start_recoverer(
     );
     let path = dir.join("recoverer.yaml");
     std::fs::write(&path, config)?;
-    let mut cmd = Command::new(sibling_bin("reprise-recoverer")?);
+    let mut cmd = Command::new(shipped_bin("reprise-recoverer")?);
     cmd.arg("--config")
         .arg(&path)
         .env("RUST_LOG", "info")
