@@ -158,7 +158,7 @@ pub fn shipped_bin(name: &str) -> anyhow::Result<PathBuf> {
     let path = PathBuf::from(dir).join(name);
     if !path.exists() {
         bail!(
-            "{} is missing (REPRISE_BENCH_SHIPPED): build it first (`cargo build --profile dist --bins`, as scripts/bench does)",
+            "{} is missing (REPRISE_BENCH_SHIPPED): build it first with `--profile dist`, as scripts/bench does",
             path.display()
         );
     }

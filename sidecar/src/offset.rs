@@ -312,16 +312,9 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
     read_long_varint(buf, pos)
 }
 
-/// Two bytes (values up to 16383, e.g. offsets early in a stream) without the loop; longer
-/// ones with it.
+/// Varints of two bytes or more, out of line so the one-byte path stays small.
 #[inline(never)]
 fn read_long_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
-    if let Some(&[low, high]) = buf.get(*pos..*pos + 2)
-        && high < 0x80
-    {
-        *pos += 2;
-        return Ok(u64::from(low & 0x7f) | u64::from(high) << 7);
-    }
     let mut value = 0u64;
     for i in 0..10 {
         let byte = *buf
