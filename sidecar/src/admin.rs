@@ -58,6 +58,7 @@ pub struct Metrics {
     pub checkpoint_fenced: Counter,
     pub store_errors: Family<OpLabels, Counter>,
     pub store_degraded: Gauge,
+    pub upstream_connects: Counter,
 }
 
 impl Default for Metrics {
@@ -74,6 +75,7 @@ impl Default for Metrics {
             checkpoint_fenced: Counter::default(),
             store_errors: Family::default(),
             store_degraded: Gauge::default(),
+            upstream_connects: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -125,6 +127,11 @@ impl Default for Metrics {
             "store_degraded",
             "1 while Redis is unreachable and offsets are kept in memory",
             m.store_degraded.clone(),
+        );
+        registry.register(
+            "upstream_connects",
+            "TCP connections opened to the upstream (at most `upstream_connections` at a time; more after breaks)",
+            m.upstream_connects.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -28,6 +28,7 @@ pub const KEYS: &[&str] = &[
     "reconnect_backoff_max",
     "max_message_bytes",
     "worker_threads",
+    "upstream_connections",
     "log_format",
     "streams",
 ];
@@ -78,6 +79,8 @@ pub struct Config {
     /// 1: everything on one thread (tokio's current-thread runtime); more: a work-stealing
     /// runtime with that many workers.
     pub worker_threads: usize,
+    /// HTTP/2 connections to the upstream that calls are spread over (fewest in flight).
+    pub upstream_connections: usize,
     pub log_format: LogFormat,
     pub streams: Vec<StreamConfig>,
 }
@@ -217,6 +220,11 @@ impl Config {
         // with its app, and one thread saves the cross-thread wake-ups of a work-stealing
         // runtime (see docs/benchmarks.md).
         let worker_threads = p.positive("worker_threads", 1, "threads");
+        let upstream_connections = p.count(
+            "upstream_connections",
+            1,
+            crate::proxy::MAX_UPSTREAM_CONNECTIONS,
+        );
         let log_format = match p.choice("log_format", &["text", "json"], "text").as_str() {
             "json" => LogFormat::Json,
             _ => LogFormat::Text,
@@ -290,6 +298,7 @@ impl Config {
             reconnect_backoff_max,
             max_message_bytes,
             worker_threads,
+            upstream_connections,
             log_format,
             streams,
         })
@@ -429,6 +438,22 @@ impl Parser<'_> {
 
     fn size(&mut self, key: &str, default: usize) -> usize {
         self.positive(key, default, "bytes")
+    }
+
+    /// A whole number from 1 to `max`.
+    fn count(&mut self, key: &str, default: usize, max: usize) -> usize {
+        match self.raw(key) {
+            None => default,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0 && n <= max as u64) => {
+                n.as_u64().map_or(default, |n| n as usize)
+            }
+            Some(v) => {
+                self.errors.push(format!(
+                    "key `{key}`: {v:?} is not a whole number from 1 to {max}"
+                ));
+                default
+            }
+        }
     }
 
     /// A whole number above zero, e.g. of `unit` "bytes" or "threads".
@@ -625,6 +650,31 @@ mod tests {
             assert!(
                 text.contains("key `worker_threads`")
                     && text.contains("positive number of threads"),
+                "{bad}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_connections_is_a_count_up_to_the_limit() {
+        assert_eq!(parse("").expect("valid").upstream_connections, 1);
+        assert_eq!(
+            parse("upstream_connections: 64\n")
+                .expect("valid")
+                .upstream_connections,
+            64
+        );
+        let env = BTreeMap::from([("REPRISE_UPSTREAM_CONNECTIONS".to_owned(), "3".to_owned())]);
+        assert_eq!(
+            Config::parse("", &env).expect("valid").upstream_connections,
+            3
+        );
+        for bad in ["0", "65", "-2", "many", "2.5"] {
+            let text = parse(&format!("upstream_connections: {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                text.contains("key `upstream_connections`") && text.contains("from 1 to 64"),
                 "{bad}: {text}"
             );
         }

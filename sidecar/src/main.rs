@@ -200,8 +200,11 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
     let streams = TaskTracker::new();
     let connections = TaskTracker::new();
     let ctx = Arc::new(StreamCtx::new(
-        proxy::upstream_client(),
-        config.upstream.clone(),
+        proxy::Upstream::new(
+            config.upstream.clone(),
+            config.upstream_connections,
+            &metrics,
+        ),
         store.clone(),
         checkpointer.clone(),
         metrics.clone(),

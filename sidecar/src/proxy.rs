@@ -4,7 +4,10 @@
 use std::{
     collections::HashMap,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -19,20 +22,43 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::{
-    admin::CallLabels,
+    admin::{CallLabels, Metrics},
     descriptors::ResumableMethod,
     grpc::{self, BoxError, ProxyBody, code},
     stream::{self, StreamCtx},
 };
 
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+pub type UpstreamClient = Client<CountingConnector, ProxyBody>;
 
-/// An HTTP/2-only (h2c, prior knowledge) client for the upstream, tuned for long streams.
-pub fn upstream_client() -> UpstreamClient {
+/// The most upstream connections a sidecar may keep (`upstream_connections`).
+pub const MAX_UPSTREAM_CONNECTIONS: usize = 64;
+/// The flow-control window the upstream connections share: the bound on data that all streams
+/// together may have in flight from the upstream, unread.
+const SHARED_CONNECTION_WINDOW: u32 = 512 * 1024;
+/// One stream's window, at most: it keeps one fast stream busy.
+const MAX_STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2's smallest window (RFC 9113 §6.9.2); per-connection windows are never cut below it.
+const MIN_WINDOW: u32 = 65_535;
+
+/// The flow-control windows of one of `connections` upstream connections: (stream, connection).
+/// The shared window is split between them, so that memory stays bounded however many there
+/// are.
+pub fn upstream_windows(connections: usize) -> (u32, u32) {
+    let n = u32::try_from(connections.max(1)).unwrap_or(u32::MAX);
+    let connection = (SHARED_CONNECTION_WINDOW / n).max(MIN_WINDOW);
+    (connection.min(MAX_STREAM_WINDOW), connection)
+}
+
+/// An HTTP/2-only (h2c, prior knowledge) client for the upstream, tuned for long streams; one
+/// of `connections`.
+fn upstream_client(connections: usize, connects: Counter) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let (stream_window, connection_window) = upstream_windows(connections);
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .http2_only(true)
@@ -40,16 +66,103 @@ pub fn upstream_client() -> UpstreamClient {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .http2_keep_alive_timeout(Duration::from_secs(5))
         .http2_keep_alive_while_idle(true)
-        // 256 KiB per stream keeps one fast stream busy; the connection's 512 KiB caps what all
-        // streams together may have in flight from the upstream, unread. A stream task reads
-        // only when its app has room (see `Task::attempt`), so a slow app stops the window,
-        // and this is the bound on data waiting in the sidecar for many streams at once.
-        .http2_initial_stream_window_size(256 * 1024)
-        .http2_initial_connection_window_size(512 * 1024)
+        // A stream task reads only when its app has room (see `Task::attempt`), so a slow app
+        // stops its stream's window, and the connections' windows are the bound on data
+        // waiting in the sidecar for many streams at once.
+        .http2_initial_stream_window_size(stream_window)
+        .http2_initial_connection_window_size(connection_window)
         // Large frames from the upstream mean fewer reads and fewer chunks per message.
         .http2_max_frame_size(64 * 1024)
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+        .build(CountingConnector {
+            inner: connector,
+            connects,
+        })
+}
+
+/// The upstream connections (`upstream_connections`). hyper's client keeps one HTTP/2
+/// connection per upstream and multiplexes every call on it; with one connection, the
+/// upstream server reads and writes all of this pod's streams on one connection, which
+/// servers handle on one thread (hyper's, grpc-go's and nginx's HTTP/2 connections are each
+/// driven by one task). Several connections let the upstream spread them over its cores.
+/// Each call takes the connection with the fewest calls in flight, so streams that outlive
+/// others do not pile up on one connection.
+pub struct Upstream {
+    lanes: Vec<Lane>,
+    uri: Uri,
+}
+
+struct Lane {
+    client: UpstreamClient,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A call's place on one upstream connection; the connection counts the call until it drops.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Upstream {
+    pub fn new(uri: Uri, connections: usize, metrics: &Metrics) -> Self {
+        let connections = connections.clamp(1, MAX_UPSTREAM_CONNECTIONS);
+        Upstream {
+            lanes: (0..connections)
+                .map(|_| Lane {
+                    client: upstream_client(connections, metrics.upstream_connects.clone()),
+                    in_flight: Arc::default(),
+                })
+                .collect(),
+            uri,
+        }
+    }
+
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The client of the connection with the fewest calls in flight (the first of those),
+    /// and the call's place on it. Connections open when first picked.
+    pub fn pick(&self) -> (&UpstreamClient, InFlight) {
+        let lane = self
+            .lanes
+            .iter()
+            .min_by_key(|l| l.in_flight.load(Ordering::Relaxed))
+            .unwrap_or(&self.lanes[0]);
+        lane.in_flight.fetch_add(1, Ordering::Relaxed);
+        (&lane.client, InFlight(lane.in_flight.clone()))
+    }
+}
+
+/// hyper's connector, counting the TCP connections it opens (`reprise_upstream_connects`).
+#[derive(Clone)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    connects: Counter,
+}
+
+impl tower::Service<Uri> for CountingConnector {
+    type Response = <HttpConnector as tower::Service<Uri>>::Response;
+    type Error = <HttpConnector as tower::Service<Uri>>::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let connects = self.connects.clone();
+        Box::pin(async move {
+            let conn = connecting.await?;
+            connects.inc();
+            Ok(conn)
+        })
+    }
 }
 
 pub struct Proxy {
@@ -99,18 +212,20 @@ impl Proxy {
     async fn passthrough(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         parts.uri = upstream_uri(
-            &self.ctx.upstream,
+            self.ctx.upstream.uri(),
             parts.uri.path_and_query().map(|p| p.as_str()),
         );
         strip_hop_by_hop(&mut parts.headers);
         let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
-        match self.ctx.client.request(req).await {
-            Ok(res) => res.map(|b| ErrorAsTrailers::new(b).boxed_unsync()),
+        let (client, in_flight) = self.ctx.upstream.pick();
+        match client.request(req).await {
+            // The call holds its place on the connection until its body is done.
+            Ok(res) => res.map(|b| ErrorAsTrailers::new(b, Some(in_flight)).boxed_unsync()),
             Err(e) => grpc::trailers_only(
                 code::UNAVAILABLE,
                 &format!(
                     "reprise: upstream {}: {}",
-                    self.ctx.upstream,
+                    self.ctx.upstream.uri(),
                     error_chain(&e)
                 ),
             ),
@@ -160,11 +275,16 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct ErrorAsTrailers<B> {
     inner: B,
     done: bool,
+    _in_flight: Option<InFlight>,
 }
 
 impl<B> ErrorAsTrailers<B> {
-    pub fn new(inner: B) -> Self {
-        ErrorAsTrailers { inner, done: false }
+    pub fn new(inner: B, in_flight: Option<InFlight>) -> Self {
+        ErrorAsTrailers {
+            inner,
+            done: false,
+            _in_flight: in_flight,
+        }
     }
 }
 
@@ -203,5 +323,20 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_split_the_shared_window() {
+        const KIB: u32 = 1024;
+        assert_eq!(upstream_windows(1), (256 * KIB, 512 * KIB));
+        assert_eq!(upstream_windows(2), (256 * KIB, 256 * KIB));
+        assert_eq!(upstream_windows(4), (128 * KIB, 128 * KIB));
+        // Never below HTTP/2's initial window.
+        assert_eq!(upstream_windows(64), (65_535, 65_535));
     }
 }

@@ -15,7 +15,7 @@ use std::{
 
 use bytes::Bytes;
 use flate2::read::GzDecoder;
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -37,7 +37,7 @@ use crate::{
     events::{Events, JobEvent},
     grpc::{self, BoxError, Deframer, Messages, ProxyBody, code},
     offset::{self, Found, Offset},
-    proxy::{UpstreamClient, error_chain, strip_hop_by_hop, upstream_uri},
+    proxy::{Upstream, error_chain, strip_hop_by_hop, upstream_uri},
     request,
     store::{Backend, Store},
 };
@@ -52,8 +52,7 @@ const CHANNEL_DEPTH: usize = 1;
 
 /// Everything a stream task needs, shared by all of them.
 pub struct StreamCtx {
-    pub client: UpstreamClient,
-    pub upstream: Uri,
+    pub upstream: Upstream,
     pub store: Arc<Store>,
     pub checkpointer: Arc<Checkpointer>,
     pub metrics: Arc<Metrics>,
@@ -83,8 +82,7 @@ struct ActiveJob {
 impl StreamCtx {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        client: UpstreamClient,
-        upstream: Uri,
+        upstream: Upstream,
         store: Arc<Store>,
         checkpointer: Arc<Checkpointer>,
         metrics: Arc<Metrics>,
@@ -97,7 +95,6 @@ impl StreamCtx {
         tracker: TaskTracker,
     ) -> Self {
         StreamCtx {
-            client,
             upstream,
             store,
             checkpointer,
@@ -615,7 +612,7 @@ impl Task {
             .boxed_unsync();
         let mut req = Request::new(body);
         *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = upstream_uri(&self.ctx.upstream, Some(&self.method.path()));
+        *req.uri_mut() = upstream_uri(self.ctx.upstream.uri(), Some(&self.method.path()));
         *req.version_mut() = http::Version::HTTP_2;
         *req.headers_mut() = self.headers.clone();
         if let Some(deadline) = self.deadline {
@@ -624,8 +621,10 @@ impl Task {
                 grpc::encode_timeout(deadline.saturating_duration_since(Instant::now())),
             );
         }
+        // Held until this attempt's body is done.
+        let (client, _in_flight) = self.ctx.upstream.pick();
         let res = tokio::select! {
-            r = self.ctx.client.request(req) => r,
+            r = client.request(req) => r,
             _ = app_gone(&mut self.head, &self.tx) => return Step::Done(Outcome::AppGone),
             _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
         };
