@@ -73,6 +73,10 @@ fn bad_configs_exit_2_naming_the_key_and_the_choices() {
             format!("{base}redis_url: http://x\n"),
             vec!["key `redis_url`", "valid schemes: redis"],
         ),
+        (
+            format!("{base}upstream_connections: 0\n"),
+            vec!["key `upstream_connections`", "from 1 to 64"],
+        ),
         ("streams: 3\n".to_owned(), vec!["key `streams`"]),
     ];
     for (config, needles) in cases {
