@@ -442,31 +442,34 @@ impl Parser<'_> {
 
     /// A whole number from 1 to `max`.
     fn count(&mut self, key: &str, default: usize, max: usize) -> usize {
-        match self.raw(key) {
-            None => default,
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0 && n <= max as u64) => {
-                n.as_u64().map_or(default, |n| n as usize)
-            }
-            Some(v) => {
-                self.errors.push(format!(
-                    "key `{key}`: {v:?} is not a whole number from 1 to {max}"
-                ));
-                default
-            }
-        }
+        self.whole(
+            key,
+            default,
+            max as u64,
+            &format!("a whole number from 1 to {max}"),
+        )
     }
 
     /// A whole number above zero, e.g. of `unit` "bytes" or "threads".
     fn positive(&mut self, key: &str, default: usize, unit: &str) -> usize {
+        self.whole(
+            key,
+            default,
+            u64::MAX,
+            &format!("a positive number of {unit}"),
+        )
+    }
+
+    /// A whole number from 1 to `max`; otherwise an error saying the value is not `expected`.
+    fn whole(&mut self, key: &str, default: usize, max: u64, expected: &str) -> usize {
         match self.raw(key) {
             None => default,
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0 && n <= max) => {
                 n.as_u64().map_or(default, |n| n as usize)
             }
             Some(v) => {
-                self.errors.push(format!(
-                    "key `{key}`: {v:?} is not a positive number of {unit}"
-                ));
+                self.errors
+                    .push(format!("key `{key}`: {v:?} is not {expected}"));
                 default
             }
         }

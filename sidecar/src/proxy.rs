@@ -220,7 +220,7 @@ impl Proxy {
         let (client, in_flight) = self.ctx.upstream.pick();
         match client.request(req).await {
             // The call holds its place on the connection until its body is done.
-            Ok(res) => res.map(|b| ErrorAsTrailers::new(b, Some(in_flight)).boxed_unsync()),
+            Ok(res) => res.map(|b| ErrorAsTrailers::new(b, in_flight).boxed_unsync()),
             Err(e) => grpc::trailers_only(
                 code::UNAVAILABLE,
                 &format!(
@@ -275,11 +275,12 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct ErrorAsTrailers<B> {
     inner: B,
     done: bool,
-    _in_flight: Option<InFlight>,
+    /// The call's place on its upstream connection, given up when the body is dropped.
+    _in_flight: InFlight,
 }
 
 impl<B> ErrorAsTrailers<B> {
-    pub fn new(inner: B, in_flight: Option<InFlight>) -> Self {
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
         ErrorAsTrailers {
             inner,
             done: false,
