@@ -332,10 +332,16 @@ fn measure_round(
             _ => Ok(None),
         }
     };
+    // The client (this process) and the server share the machine with the proxy: their CPU
+    // per message says whether a path's gap is the proxy's own cost or what it makes its
+    // peers spend.
+    let me = std::process::id();
+    let peers_before = (procs::cpu_time(me)?, rig.server.cpu()?);
     let cpu_before = proxy.map(|p| p.cpu()).transpose()?;
     let writes_before = writes()?;
     let out = runtime.block_on(load::run(&rig.target(route), load))?;
     let cpu_after = proxy.map(|p| p.cpu()).transpose()?;
+    let peers_after = (procs::cpu_time(me)?, rig.server.cpu()?);
     let writes_after = writes()?;
     let rss_after = proxy.map(|p| p.rss_kib()).transpose()?;
 
@@ -358,6 +364,8 @@ fn measure_round(
         proxy_cpu_seconds: cpu,
         proxy_cpu_us_per_msg: cpu.map(|c| c * 1e6 / out.messages.max(1) as f64),
         proxy_rss_kib: rss_after,
+        client_cpu_seconds: (peers_after.0 - peers_before.0).as_secs_f64(),
+        server_cpu_seconds: (peers_after.1 - peers_before.1).as_secs_f64(),
         checkpoint_writes: writes_before.zip(writes_after).map(|(b, a)| a - b),
         exact,
     })

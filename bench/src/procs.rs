@@ -219,7 +219,7 @@ pub fn clock_ticks() -> u64 {
     })
 }
 
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces; fields after its ')' are plain.

@@ -22,6 +22,10 @@ pub struct Sample {
     /// The proxy's user + system CPU over the round (none when direct), and per message.
     pub proxy_cpu_seconds: Option<f64>,
     pub proxy_cpu_us_per_msg: Option<f64>,
+    /// The load client's (this process's) and the demo server's user + system CPU over the
+    /// round.
+    pub client_cpu_seconds: f64,
+    pub server_cpu_seconds: f64,
     /// The proxy's VmRSS right after the round: growth from round to round would be a leak.
     pub proxy_rss_kib: Option<u64>,
     /// The sidecar's checkpoint writes during the round.
@@ -57,6 +61,9 @@ pub struct PathSummary {
     /// The proxy's CPU over all rounds / messages of all rounds: summing first keeps the
     /// 1-tick (10 ms) resolution of utime/stime small against the total.
     pub cpu_us_per_msg: Option<f64>,
+    /// The same for the load client and the demo server on this path.
+    pub client_cpu_us_per_msg: f64,
+    pub server_cpu_us_per_msg: f64,
     pub idle_rss_mib: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     pub checkpoint_writes_per_stream_second: Option<f64>,
@@ -111,6 +118,7 @@ impl Scenario {
         let writes: Option<f64> = mine.iter().map(|s| s.checkpoint_writes).sum();
         let cpu: Option<f64> = mine.iter().map(|s| s.proxy_cpu_seconds).sum();
         let messages: u64 = mine.iter().map(|s| s.messages).sum();
+        let per_msg = |seconds: f64| seconds * 1e6 / messages.max(1) as f64;
         PathSummary {
             route,
             msgs_per_sec_median: median(rates.clone()).unwrap_or(0.0),
@@ -120,6 +128,8 @@ impl Scenario {
             cpu_us_per_msg: cpu
                 .filter(|_| messages > 0)
                 .map(|c| c * 1e6 / messages as f64),
+            client_cpu_us_per_msg: per_msg(mine.iter().map(|s| s.client_cpu_seconds).sum()),
+            server_cpu_us_per_msg: per_msg(mine.iter().map(|s| s.server_cpu_seconds).sum()),
             idle_rss_mib: self
                 .idle_rss_kib
                 .get(&route)
@@ -239,6 +249,23 @@ impl Scenario {
                 opt(s.cpu_us_per_msg, 3),
                 rss,
                 opt(s.checkpoint_writes_per_stream_second, 2),
+            );
+        }
+        println!("  CPU us/msg by process (where a path's time goes on a shared machine):");
+        println!(
+            "  {:<8} {:>8} {:>8} {:>8} {:>8}",
+            "path", "client", "server", "proxy", "all"
+        );
+        for route in self.routes() {
+            let s = self.summary(route);
+            let proxy = s.cpu_us_per_msg.unwrap_or(0.0);
+            println!(
+                "  {:<8} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+                route.to_string(),
+                s.client_cpu_us_per_msg,
+                s.server_cpu_us_per_msg,
+                proxy,
+                s.client_cpu_us_per_msg + s.server_cpu_us_per_msg + proxy
             );
         }
         if self.routes().contains(&Route::Sidecar) {

@@ -1,10 +1,11 @@
 //! A resumable server-streaming call.
 //!
-//! The app's call is served by one task that owns the job: it opens the upstream stream,
-//! forwards whole messages whose offset is above the last one forwarded, records that offset
-//! for the checkpointer, and when the upstream breaks (transport error, reset, GOAWAY or a
-//! retryable status) it reconnects with backoff and sends the original request again with the
-//! resume field set. The app sees one stream; it sees a status only when the call really ends.
+//! The app's call is served by one task that owns the job: it opens the upstream stream and
+//! hands it to the app's body ([`crate::pipe`]), which forwards whole messages whose offset is
+//! above the last one forwarded and records that offset for the checkpointer. When the
+//! upstream breaks (transport error, reset, GOAWAY or a retryable status) the task reconnects
+//! with backoff and sends the original request again with the resume field set. The app sees
+//! one stream; it sees a status only when the call really ends.
 
 use std::{
     collections::HashMap,
@@ -16,27 +17,24 @@ use std::{
 use bytes::Bytes;
 use flate2::read::GzDecoder;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
-use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use prometheus_client::metrics::counter::Counter;
 use prost_reflect::DynamicMessage;
 use reprise_jobs::{Claim, Finish, JobStatus, NewJob, Owner};
-use tokio::{
-    sync::{mpsc, oneshot},
-    time::Instant,
-};
+use tokio::{sync::oneshot, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
     admin::{MethodLabels, Metrics, ReasonLabels},
-    checkpoint::{Checkpointer, Slot, SlotGuard},
+    checkpoint::{Checkpointer, SlotGuard},
     deliver::AckState,
     descriptors::ResumableMethod,
     events::{Events, JobEvent},
-    grpc::{self, BoxError, Deframer, Messages, ProxyBody, code},
-    offset::{self, Found, Offset},
+    filter::Filter,
+    grpc::{self, Deframer, Messages, ProxyBody, code},
+    offset::Offset,
+    pipe::{End, Pipe},
     proxy::{Upstream, error_chain, strip_hop_by_hop, upstream_uri},
     request,
     store::{Backend, Store},
@@ -44,11 +42,6 @@ use crate::{
 
 /// Metadata an app may send to name its job instead of the derived id.
 pub const JOB_ID_HEADER: &str = "x-reprise-job-id";
-/// Response chunks (one upstream DATA frame's messages each) queued between the stream task and
-/// the app's connection. The task takes a frame from the upstream only once there is room, so
-/// per stream the sidecar holds this chunk, the one hyper is sending and what h2 buffers
-/// (`max_send_buf_size`); everything else waits unread under the upstream's window.
-const CHANNEL_DEPTH: usize = 1;
 
 /// Everything a stream task needs, shared by all of them.
 pub struct StreamCtx {
@@ -75,7 +68,8 @@ pub struct StreamCtx {
 /// A job a task of this process is serving right now.
 #[derive(Clone)]
 struct ActiveJob {
-    app: mpsc::WeakSender<Chunk>,
+    /// Cancelled when the app's response body is dropped.
+    app_gone: CancellationToken,
     done: CancellationToken,
 }
 
@@ -143,43 +137,6 @@ pub async fn handle(
     }
 }
 
-type AppTx = mpsc::Sender<Chunk>;
-
-/// What travels to the app's response body: a frame, and for data the offset of its last
-/// message and the message count, which become the job's checkpoint once the app's
-/// connection has taken the frame (not when it is queued: a queued frame dies with us).
-pub(crate) struct Chunk {
-    frame: Frame<Bytes>,
-    progress: Option<(Offset, u64)>,
-}
-
-/// The app's response body: frames from the stream task. Polled by hyper only when the app's
-/// HTTP/2 window has room, so what it yields is on its way to the app.
-struct AppBody {
-    rx: mpsc::Receiver<Chunk>,
-    /// Set unless in deliver mode (where acknowledgements move the checkpoint).
-    slot: Option<Arc<Slot>>,
-}
-
-impl http_body::Body for AppBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx).map(|chunk| {
-            chunk.map(|c| {
-                if let (Some(slot), Some((offset, messages))) = (&self.slot, &c.progress) {
-                    slot.record(Some(offset), *messages);
-                }
-                Ok(c.frame)
-            })
-        })
-    }
-}
-
 /// A job this sidecar now owns, and where it starts.
 pub(crate) struct Claimed {
     pub job_id: String,
@@ -200,55 +157,25 @@ pub(crate) struct Task {
     original: Bytes,
     headers: HeaderMap,
     deadline: Option<Instant>,
-    /// The last offset forwarded to the app.
-    last: Option<Offset>,
-    messages: u64,
     head: Option<oneshot::Sender<Response<ProxyBody>>>,
-    rx: Option<mpsc::Receiver<Chunk>>,
-    tx: AppTx,
-    /// The offset and count of the last message queued to the app's body.
-    sent: (Option<Offset>, u64),
+    /// The data path the app's body drives; holds the job's position (last offset forwarded,
+    /// message count).
+    pipe: PipeEnd,
+    app_gone: CancellationToken,
     /// Registered with the checkpointer while the job is ours and running.
     slot: Option<SlotGuard>,
     done: CancellationToken,
-    counters: Counters,
     /// Deliver mode: what the app's ResumeSink acknowledged (checkpoints follow it).
     ack: Option<Arc<AckState>>,
-    /// Messages at or below the resume point dropped in the current attempt.
-    attempt_duplicates: u64,
-    out_of_order_logged: u64,
 }
 
-struct Counters {
-    forwarded: Counter,
-    duplicate: Counter,
-    out_of_order: Counter,
-    malformed: Counter,
-    missing_offset: Counter,
-}
+/// The task's hold on its pipe: however the task ends (even by a panic), the app's body
+/// ends after what is queued, never hangs.
+struct PipeEnd(Arc<Pipe>);
 
-impl Counters {
-    fn new(m: &Metrics, method: &str) -> Self {
-        let reason = |reason| {
-            m.dropped
-                .get_or_create(&ReasonLabels {
-                    method: method.to_owned(),
-                    reason,
-                })
-                .clone()
-        };
-        Counters {
-            forwarded: m
-                .forwarded
-                .get_or_create(&MethodLabels {
-                    method: method.to_owned(),
-                })
-                .clone(),
-            duplicate: reason("duplicate"),
-            out_of_order: reason("out_of_order"),
-            malformed: reason("malformed"),
-            missing_offset: reason("missing_offset"),
-        }
+impl Drop for PipeEnd {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -351,8 +278,7 @@ impl Task {
         let mut waited_for_lease = false;
         let (backend, fence, stored) = loop {
             if let Some(active) = ctx.active(&job_id) {
-                let app_gone = active.app.upgrade().is_none_or(|tx| tx.is_closed());
-                if app_gone {
+                if active.app_gone.is_cancelled() || active.done.is_cancelled() {
                     // Its app went away (crashed, restarted): let that task write `interrupted`
                     // first, then take the job over from its offset.
                     let _ =
@@ -458,14 +384,14 @@ impl Task {
             last,
             messages,
         } = claimed;
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let (head_tx, head_rx) = oneshot::channel();
         let done = CancellationToken::new();
+        let app_gone = CancellationToken::new();
         if let Ok(mut active) = ctx.active.lock() {
             active.insert(
                 job_id.clone(),
                 ActiveJob {
-                    app: tx.downgrade(),
+                    app_gone: app_gone.clone(),
                     done: done.clone(),
                 },
             );
@@ -476,7 +402,8 @@ impl Task {
         if let Some(ack) = &ack {
             ack.attach(slot.slot.clone(), last.clone(), messages);
         }
-        let counters = Counters::new(&ctx.metrics, &method.name);
+        let filter = Filter::new(method.clone(), job_id.clone(), &ctx.metrics, last, messages);
+        let pipe = PipeEnd(Pipe::new(filter, slot.slot.clone()));
         (
             Task {
                 ctx,
@@ -488,18 +415,12 @@ impl Task {
                 original,
                 headers,
                 deadline,
-                sent: (last.clone(), messages),
-                last,
-                messages,
                 head: Some(head_tx),
-                rx: Some(rx),
-                tx,
+                pipe,
+                app_gone,
                 slot: Some(slot),
                 done,
-                counters,
                 ack,
-                attempt_duplicates: 0,
-                out_of_order_logged: 0,
             },
             head_rx,
         )
@@ -537,9 +458,7 @@ impl Task {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            self.attempt_duplicates = 0;
             let step = self.attempt().await;
-            self.log_duplicates();
             let (cause, error, progressed) = match step {
                 Step::Done(outcome) => return outcome,
                 Step::Broken {
@@ -569,7 +488,7 @@ impl Task {
                 attempt,
                 cause,
                 error = %error,
-                offset = self.last.as_ref().map(ToString::to_string).unwrap_or_default(),
+                offset = self.pipe.0.position().0.as_ref().map(ToString::to_string).unwrap_or_default(),
                 "upstream stream broke; resuming"
             );
             let (store, job_id, fence, backend) = (
@@ -589,7 +508,7 @@ impl Task {
             };
             tokio::select! {
                 _ = tokio::time::sleep(jittered) => {}
-                _ = app_gone(&mut self.head, &self.tx) => return Outcome::AppGone,
+                _ = app_gone(&mut self.head, &self.app_gone) => return Outcome::AppGone,
                 _ = self.ctx.shutdown.cancelled() => return Outcome::Shutdown,
             }
             if !progressed {
@@ -600,7 +519,7 @@ impl Task {
 
     /// One upstream call, from request to the end of its body.
     async fn attempt(&mut self) -> Step {
-        let message = match &self.last {
+        let message = match &self.pipe.0.position().0 {
             Some(o) => match request::with_resume(&self.method, &self.request, o) {
                 Ok(b) => b,
                 Err(error) => return Step::Done(Outcome::Failed { error }),
@@ -625,7 +544,7 @@ impl Task {
         let (client, _in_flight) = self.ctx.upstream.pick();
         let res = tokio::select! {
             r = client.request(req) => r,
-            _ = app_gone(&mut self.head, &self.tx) => return Step::Done(Outcome::AppGone),
+            _ = app_gone(&mut self.head, &self.app_gone) => return Step::Done(Outcome::AppGone),
             _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
         };
         let res = match res {
@@ -649,137 +568,57 @@ impl Task {
             let headers = res.into_parts().0.headers;
             return self.status_step(code, message, headers, false);
         }
-        let (parts, mut body) = res.into_parts();
+        let (parts, body) = res.into_parts();
         let gzip = parts
             .headers
             .get("grpc-encoding")
             .is_some_and(|e| e.as_bytes() == b"gzip");
-        if let (Some(head), Some(rx)) = (self.head.take(), self.rx.take()) {
+        if let Some(head) = self.head.take() {
             let mut headers = parts.headers;
             strip_hop_by_hop(&mut headers);
             headers.remove(header::CONTENT_LENGTH);
-            // Compressed messages are forwarded decompressed (see `filter`).
+            // Compressed messages are forwarded decompressed (see `Filter`).
             headers.remove("grpc-encoding");
-            let slot = match (&self.slot, &self.ack) {
+            // The app's connection taking a chunk moves the checkpoint, unless in deliver
+            // mode, where acknowledgements do.
+            let record = match (&self.slot, &self.ack) {
                 (Some(g), None) => Some(g.slot.clone()),
                 _ => None,
             };
-            let mut res = Response::new(AppBody { rx, slot }.boxed_unsync());
+            let body = self.pipe.0.body(record, self.app_gone.clone());
+            let mut res = Response::new(body.boxed_unsync());
             *res.headers_mut() = headers;
             if head.send(res).is_err() {
                 return Step::Done(Outcome::AppGone);
             }
         }
-        let mut deframer = Deframer::new(self.ctx.max_message_bytes);
-        // While nothing has been forwarded in this attempt, messages at or below the last
-        // forwarded offset are the server replaying the resume point: duplicates. After that,
-        // a message that goes backwards breaks the ordering contract.
-        let mut replaying = self.last.is_some();
-        let mut progressed = false;
-        let tx = self.tx.clone();
-        // What one upstream frame leaves to forward: reused, not allocated per frame.
-        let mut chunks: Vec<Chunk> = Vec::with_capacity(2);
-        // Made once per attempt, not per frame: each makes and drops a waiter registration.
-        let token = self.ctx.shutdown.clone();
-        let shutdown = token.cancelled();
-        tokio::pin!(shutdown);
-        let app_closed = tx.closed();
-        tokio::pin!(app_closed);
-        loop {
-            // Room in the app's queue first, then a frame from the upstream: data the app
-            // cannot take yet stays under the upstream connection's flow-control window (one
-            // bound for all streams) instead of in this task's hands.
-            let permit = tokio::select! {
-                biased;
-                _ = &mut shutdown => return Step::Done(Outcome::Shutdown),
-                p = tx.reserve() => match p {
-                    Ok(p) => p,
-                    Err(_) => return Step::Done(Outcome::AppGone),
-                },
-            };
-            let frame = tokio::select! {
-                biased;
-                _ = &mut shutdown => return Step::Done(Outcome::Shutdown),
-                _ = &mut app_closed => return Step::Done(Outcome::AppGone),
-                f = body.frame() => f,
-            };
-            let frame = match frame {
-                None => {
-                    return Step::Broken {
-                        cause: "eof",
-                        error: "upstream ended the stream without a status".into(),
-                        progressed,
-                    };
-                }
-                Some(Err(e)) => {
-                    return Step::Broken {
-                        cause: classify(&e),
-                        error: error_chain(&e),
-                        progressed,
-                    };
-                }
-                Some(Ok(frame)) => frame,
-            };
-            let data = match frame.into_data() {
-                Ok(data) => data,
-                Err(frame) => {
-                    let Ok(trailers) = frame.into_trailers() else {
-                        continue;
-                    };
-                    let (code, message) = grpc::status_of(&trailers).unwrap_or((
-                        code::UNKNOWN,
-                        "upstream trailers carry no grpc-status".into(),
-                    ));
-                    return self.status_step(code, message, trailers, progressed);
-                }
-            };
-            let buffers = match deframer.push(data) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.counters.malformed.inc();
-                    return Step::Done(Outcome::Failed {
-                        error: format!("upstream sent an unreadable message: {e}"),
-                    });
-                }
-            };
-            let before = self.messages;
-            chunks.clear();
-            for whole in buffers {
-                if whole.is_empty() {
-                    continue;
-                }
-                match self.filter(whole, gzip, &mut replaying, &mut chunks) {
-                    Ok(()) => {}
-                    Err(outcome) => return Step::Done(outcome),
-                }
+        // From here the app's body streams the upstream; this task waits for the attempt to
+        // end, or for shutdown or the app going away, and then takes the upstream back.
+        self.pipe.0.start(body, gzip, self.ctx.max_message_bytes);
+        let end = tokio::select! {
+            biased;
+            _ = self.ctx.shutdown.cancelled() => None,
+            _ = self.app_gone.cancelled() => Some(None),
+            end = self.pipe.0.ended() => Some(Some(end)),
+        };
+        let progressed = self.pipe.0.stop();
+        match end {
+            None => Step::Done(Outcome::Shutdown),
+            Some(None) => Step::Done(Outcome::AppGone),
+            Some(Some(End::Trailers(trailers))) => {
+                let (code, message) = grpc::status_of(&trailers).unwrap_or((
+                    code::UNKNOWN,
+                    "upstream trailers carry no grpc-status".into(),
+                ));
+                self.status_step(code, message, trailers, progressed)
             }
-            let mut permit = Some(permit);
-            for chunk in chunks.drain(..) {
-                let progress = chunk.progress.clone();
-                if let Some(p) = permit.take() {
-                    p.send(chunk);
-                } else {
-                    let sent = tokio::select! {
-                        biased;
-                        _ = &mut shutdown => return Step::Done(Outcome::Shutdown),
-                        r = tx.send(chunk) => r,
-                    };
-                    if sent.is_err() {
-                        return Step::Done(Outcome::AppGone);
-                    }
-                }
-                // In the app's body now: it gets it before any status we send.
-                if let Some((offset, messages)) = progress {
-                    self.sent = (Some(offset), messages);
-                }
-            }
-            if self.messages > before {
-                progressed = true;
-                self.counters.forwarded.inc_by(self.messages - before);
-            }
-            if self.slot.as_ref().is_some_and(|s| s.slot.lost()) {
-                return Step::Done(Outcome::Fenced);
-            }
+            Some(Some(End::Broken { cause, error })) => Step::Broken {
+                cause,
+                error,
+                progressed,
+            },
+            Some(Some(End::Failed(error))) => Step::Done(Outcome::Failed { error }),
+            Some(Some(End::Fenced)) => Step::Done(Outcome::Fenced),
         }
     }
 
@@ -810,182 +649,17 @@ impl Task {
         }
     }
 
-    /// Keeps the messages above the last forwarded offset; adds the bytes to forward to `out`,
-    /// as slices of `whole` (no copy) unless a message had to be decompressed.
-    ///
-    /// Per message this only reads: offsets are compared where they lie in `whole` (`Found`),
-    /// and `self.last` is made an owned `Offset` once per run of kept messages.
-    fn filter(
-        &mut self,
-        whole: Bytes,
-        gzip: bool,
-        replaying: &mut bool,
-        out: &mut Vec<Chunk>,
-    ) -> Result<(), Outcome> {
-        let mut run_start = 0;
-        // The last kept message's offset while it is still only a place in `whole`.
-        let mut pending: Option<Found> = None;
-        let mut msgs = Messages::new(whole.clone());
-        loop {
-            let start = msgs.position();
-            let Some((compressed, range)) = msgs.next_range() else {
-                break;
-            };
-            let end = msgs.position();
-            if compressed {
-                // Rare: decompress, then compare against an owned `last`.
-                self.settle(&mut pending, &whole);
-                let framed = self.gunzip(&whole[range], gzip)?;
-                let payload = framed.slice(5..);
-                let offset = self.offset_in(&payload)?.to_offset(&payload);
-                let keep = self.last.as_ref().is_none_or(|last| offset > *last);
-                if start > run_start {
-                    out.push(self.forward(whole.slice(run_start..start)));
-                }
-                run_start = end;
-                if keep {
-                    *replaying = false;
-                    self.last = Some(offset);
-                    self.messages += 1;
-                    out.push(self.forward(framed));
-                } else {
-                    self.dropped(&offset, *replaying);
-                }
-                continue;
-            }
-            let found = match self.offset_in(&whole[range.clone()]) {
-                Ok(f) => f.shifted(range.start),
-                Err(outcome) => {
-                    self.settle(&mut pending, &whole);
-                    return Err(outcome);
-                }
-            };
-            let keep = match (&pending, &self.last) {
-                (Some(p), _) => found.cmp_found(p, &whole).is_gt(),
-                (None, Some(last)) => found.cmp_offset(&whole, last).is_gt(),
-                (None, None) => true,
-            };
-            if keep {
-                *replaying = false;
-                pending = Some(found);
-                self.messages += 1;
-                continue;
-            }
-            self.settle(&mut pending, &whole);
-            if start > run_start {
-                out.push(self.forward(whole.slice(run_start..start)));
-            }
-            run_start = end;
-            self.dropped(&found.to_offset(&whole), *replaying);
-        }
-        self.settle(&mut pending, &whole);
-        if whole.len() > run_start {
-            out.push(self.forward(whole.slice(run_start..)));
-        }
-        Ok(())
-    }
-
-    /// Makes the last kept message's offset, if it is only a place in `whole`, `self.last`.
-    fn settle(&mut self, pending: &mut Option<Found>, whole: &Bytes) {
-        if let Some(found) = pending.take() {
-            self.last = Some(found.to_offset(whole));
-        }
-    }
-
-    /// The offset of one message's payload; a message without one, or unreadable, fails the job.
-    #[inline]
-    fn offset_in(&self, payload: &[u8]) -> Result<Found, Outcome> {
-        match offset::find(payload, &self.method.offset) {
-            Ok(Some(found)) => Ok(found),
-            Ok(None) => Err(self.no_offset(None)),
-            Err(e) => Err(self.no_offset(Some(e))),
-        }
-    }
-
-    /// Why a message has no usable offset, counted; off the per-message path.
-    #[cold]
-    fn no_offset(&self, error: Option<offset::WireError>) -> Outcome {
-        match error {
-            None => {
-                self.counters.missing_offset.inc();
-                Outcome::Failed {
-                    error: format!(
-                        "upstream message {} has no offset field {}",
-                        self.messages + 1,
-                        self.method.offset_field
-                    ),
-                }
-            }
-            Some(e) => {
-                self.counters.malformed.inc();
-                Outcome::Failed {
-                    error: format!("upstream message {} is unreadable: {e}", self.messages + 1),
-                }
-            }
-        }
-    }
-
-    /// A compressed message's payload, decompressed and framed again (uncompressed).
-    fn gunzip(&self, payload: &[u8], gzip: bool) -> Result<Bytes, Outcome> {
-        if !gzip {
-            self.counters.malformed.inc();
-            return Err(Outcome::Failed {
-                error: "upstream sent a compressed message without grpc-encoding: gzip".into(),
-            });
-        }
-        let mut plain = Vec::new();
-        if let Err(e) = GzDecoder::new(payload).read_to_end(&mut plain) {
-            self.counters.malformed.inc();
-            return Err(Outcome::Failed {
-                error: format!("cannot gunzip an upstream message: {e}"),
-            });
-        }
-        Ok(grpc::frame(&plain))
-    }
-
-    /// Counts (and logs) a message at or below the last forwarded offset.
-    fn dropped(&mut self, offset: &Offset, replaying: bool) {
-        if !replaying {
-            self.counters.out_of_order.inc();
-            self.out_of_order_logged += 1;
-            if self.out_of_order_logged <= 10 {
-                tracing::warn!(job.id = %self.job_id, offset = %offset, "dropped a message out of order: the upstream must stream in strictly ascending offset order");
-            }
-        } else {
-            self.counters.duplicate.inc();
-            self.attempt_duplicates += 1;
-            tracing::debug!(job.id = %self.job_id, offset = %offset, "dropped a message at or below the last forwarded offset");
-        }
-    }
-
-    /// Bytes to forward, ending with the message that set the current `last`.
-    fn forward(&self, bytes: Bytes) -> Chunk {
-        Chunk {
-            frame: Frame::data(bytes),
-            progress: self.last.clone().map(|o| (o, self.messages)),
-        }
-    }
-
-    fn log_duplicates(&self) {
-        if self.attempt_duplicates > 0 {
-            tracing::info!(
-                job.id = %self.job_id,
-                dropped = self.attempt_duplicates,
-                offset = self.last.as_ref().map(ToString::to_string).unwrap_or_default(),
-                "dropped messages at or below the resume offset (already forwarded)"
-            );
-        }
-    }
-
     /// Ends the app's call with the right status and writes the job's final state.
     async fn finish(mut self, outcome: Outcome) {
+        // The upstream is done with, whatever ended the call (a deadline stops the attempt
+        // where it was).
+        self.pipe.0.stop();
         // What the app holds: everything queued to its body, which it reads before the status;
         // if it is gone, only what its connection took (the rest died in our queue).
-        let (held, held_messages) = match (&outcome, &self.slot) {
+        let (held, mut messages) = match (&outcome, &self.slot) {
             (Outcome::AppGone, Some(guard)) => guard.slot.current(),
-            _ => self.sent.clone(),
+            _ => self.pipe.0.position(),
         };
-        self.messages = held_messages;
         let mut offset_text = held.as_ref().map(ToString::to_string);
         let (mut status, mut app, mut error) = match outcome {
             Outcome::Completed(trailers) => (Some(JobStatus::Completed), Some(trailers), None),
@@ -1058,14 +732,14 @@ impl Task {
             // first; the job is complete only once the sink acknowledged every message, and it
             // holds exactly what was acknowledged.
             if let Some(trailers) = app.take() {
-                self.reply(trailers).await;
+                self.reply(trailers);
             }
             let delivered = ack.wait_done(Duration::from_secs(30)).await;
             if status == Some(JobStatus::Completed) && !delivered {
                 status = Some(JobStatus::Interrupted);
                 error = Some("the app's ResumeSink did not acknowledge every message".into());
             }
-            (offset_text, self.messages) = ack.acked();
+            (offset_text, messages) = ack.acked();
         }
         // The job's state first, so that when the app sees the status the job already says
         // what it holds (and, on shutdown, another pod has been told).
@@ -1078,7 +752,7 @@ impl Task {
                 fence: self.fence,
                 status,
                 offset: offset_text.clone(),
-                messages: self.messages,
+                messages,
                 error: error.clone(),
             };
             let written = self.ctx.store.finish(self.backend, &finish).await;
@@ -1113,17 +787,16 @@ impl Task {
             }
         }
         if let Some(trailers) = app {
-            self.reply(trailers).await;
+            self.reply(trailers);
         }
         let Task {
             ctx,
             job_id,
-            messages,
             done,
-            tx,
+            pipe,
             ..
         } = self;
-        drop(tx);
+        drop(pipe);
         let level_error = error.as_deref().unwrap_or("");
         tracing::info!(
             job.id = %job_id,
@@ -1141,7 +814,7 @@ impl Task {
 
     /// Sends the final status: as trailers after the messages, or as a trailers-only reply if
     /// the app has not had response headers yet.
-    async fn reply(&mut self, mut trailers: HeaderMap) {
+    fn reply(&mut self, mut trailers: HeaderMap) {
         trailers.remove(header::CONTENT_TYPE);
         trailers.remove(header::CONTENT_LENGTH);
         if let Some(head) = self.head.take() {
@@ -1150,42 +823,21 @@ impl Task {
             res.headers_mut().extend(trailers);
             let _ = head.send(res);
         } else {
-            let chunk = Chunk {
-                frame: Frame::trailers(trailers),
-                progress: None,
-            };
-            let _ = self.tx.send(chunk).await;
+            self.pipe.0.finish(trailers);
         }
     }
 }
 
 /// Resolves when the app has gone away: before response headers, the handler was dropped;
 /// after, the response body was.
-async fn app_gone(head: &mut Option<oneshot::Sender<Response<ProxyBody>>>, tx: &AppTx) {
+async fn app_gone(
+    head: &mut Option<oneshot::Sender<Response<ProxyBody>>>,
+    body_gone: &CancellationToken,
+) {
     match head {
         Some(h) => h.closed().await,
-        None => tx.closed().await,
+        None => body_gone.cancelled().await,
     }
-}
-
-/// Names what broke, for the `resumes` metric.
-fn classify(e: &hyper::Error) -> &'static str {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            if h2.is_go_away() {
-                return "goaway";
-            }
-            if h2.is_reset() {
-                return "reset";
-            }
-            if h2.is_io() {
-                return "transport";
-            }
-        }
-        cur = err.source();
-    }
-    "transport"
 }
 
 /// Reads the single request message of a server-streaming call (decompressing gzip).
