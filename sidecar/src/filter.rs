@@ -5,7 +5,7 @@
 //! forwarded and the message count) across attempts. It forwards bytes as slices of the
 //! upstream's chunks, without copying, and counts every message it does not forward.
 
-use std::{collections::VecDeque, io::Read as _, sync::Arc};
+use std::{collections::VecDeque, io::Read as _};
 
 use bytes::Bytes;
 use flate2::read::GzDecoder;
@@ -14,15 +14,14 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::{
     admin::{MethodLabels, Metrics, ReasonLabels},
-    descriptors::ResumableMethod,
-    grpc::{self, Deframer, Messages},
-    offset::{self, Found, Offset},
+    grpc::{self, Deframer},
+    offset::{self, Found, Offset, OffsetPath},
 };
 
 /// What travels to the app's response body: a frame, and for data the offset of its last
 /// message and the message count, which become the job's checkpoint once the app's
 /// connection has taken the frame (not when it is queued: a queued frame dies with us).
-pub(crate) struct Chunk {
+pub struct Chunk {
     pub frame: Frame<Bytes>,
     pub progress: Option<(Offset, u64)>,
 }
@@ -69,8 +68,10 @@ impl Counters {
     }
 }
 
-pub(crate) struct Filter {
-    method: Arc<ResumableMethod>,
+pub struct Filter {
+    /// Where the offset is in a response message, and the config's name for it (for errors).
+    path: OffsetPath,
+    offset_field: String,
     job_id: String,
     counters: Counters,
     /// The last offset forwarded to the app (queued to its body).
@@ -91,16 +92,20 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
+    /// A filter for `method`'s responses, with the job's position so far.
     pub fn new(
-        method: Arc<ResumableMethod>,
+        method: &str,
+        path: OffsetPath,
+        offset_field: String,
         job_id: String,
         metrics: &Metrics,
         last: Option<Offset>,
         messages: u64,
     ) -> Self {
         Filter {
-            counters: Counters::new(metrics, &method.name),
-            method,
+            counters: Counters::new(metrics, method),
+            path,
+            offset_field,
             job_id,
             last,
             messages,
@@ -134,58 +139,85 @@ impl Filter {
     }
 
     /// Takes one upstream DATA frame and adds what to forward to `out`. An error ends the job:
-    /// a message the sidecar cannot read (it was counted).
+    /// a message the sidecar cannot read (it was counted); the messages before it are in
+    /// `out`.
     pub fn push(
         &mut self,
-        data: Bytes,
+        mut data: Bytes,
         deframer: &mut Deframer,
         out: &mut VecDeque<Chunk>,
     ) -> Result<(), String> {
-        let buffers = deframer.push(data).map_err(|e| {
-            self.counters.malformed.inc();
-            format!("upstream sent an unreadable message: {e}")
-        })?;
         let before = self.messages;
-        for whole in buffers {
-            if !whole.is_empty() {
-                self.filter(whole, out)?;
-            }
-        }
+        let max = deframer.max();
+        // A message cut at the end of the last frame, completed by copying its missing bytes;
+        // then the messages of this frame, walked where they lie; then the start of the next
+        // cut message, kept.
+        let result = match deframer.complete(&mut data) {
+            Err(e) => Err(self.unreadable(e)),
+            Ok(None) if deframer.pending() > 0 => Ok(()),
+            Ok(straddler) => straddler
+                .map_or(Ok(0), |message| self.filter(&message, max, out))
+                .and_then(|_| self.filter(&data, max, out))
+                .map(|used| deframer.keep(&data[used..])),
+        };
         if self.messages > before {
             self.progressed = true;
             self.counters.forwarded.inc_by(self.messages - before);
         }
-        Ok(())
+        result
     }
 
-    /// Keeps the messages above the last forwarded offset; adds the bytes to forward to `out`,
-    /// as slices of `whole` (no copy) unless a message had to be decompressed.
+    /// Keeps the whole messages at the start of `buf` whose offset is above the last one
+    /// forwarded, and adds the bytes to forward to `out` as slices of `buf` (no copy) unless
+    /// a message had to be decompressed. Returns how many bytes those whole messages take:
+    /// the rest is a message cut at the end of the frame.
     ///
-    /// Per message this only reads: offsets are compared where they lie in `whole` (`Found`),
-    /// and `self.last` is made an owned `Offset` once per run of kept messages.
-    fn filter(&mut self, whole: Bytes, out: &mut VecDeque<Chunk>) -> Result<(), String> {
+    /// This is the per-message path, and one walk: each header is checked and each offset
+    /// read and compared where it lies (`Found`); `self.last` is made an owned `Offset` once
+    /// per run of kept messages, and each run becomes one chunk.
+    fn filter(
+        &mut self,
+        buf: &Bytes,
+        max: usize,
+        out: &mut VecDeque<Chunk>,
+    ) -> Result<usize, String> {
+        let bytes: &[u8] = buf;
+        let mut pos = 0;
         let mut run_start = 0;
-        // The last kept message's offset while it is still only a place in `whole`.
+        // The last kept message's offset while it is still only a place in `buf`.
         let mut pending: Option<Found> = None;
-        let mut msgs = Messages::new(whole.clone());
-        loop {
-            let start = msgs.position();
-            let Some((compressed, range)) = msgs.next_range() else {
-                break;
+        let result = loop {
+            let Some(header) = bytes.get(pos..pos + 5) else {
+                break Ok(());
             };
-            let end = msgs.position();
-            if compressed {
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            if let Err(e) = Deframer::check_header(header[0], len, max) {
+                break Err(self.unreadable(e));
+            }
+            let start = pos + 5;
+            let end = start + len;
+            let Some(payload) = bytes.get(start..end) else {
+                break Ok(());
+            };
+            if header[0] == 1 {
                 // Rare: decompress, then compare against an owned `last`.
-                self.settle(&mut pending, &whole);
-                let framed = self.gunzip(&whole[range])?;
-                let payload = framed.slice(5..);
-                let offset = self.offset_in(&payload)?.to_offset(&payload);
-                let keep = self.last.as_ref().is_none_or(|last| offset > *last);
-                if start > run_start {
-                    out.push_back(self.forward(whole.slice(run_start..start)));
+                self.settle(&mut pending, buf);
+                let (framed, offset) = match self.gunzip(payload) {
+                    Ok(framed) => match self.offset_in(&framed[5..]) {
+                        Ok(found) => {
+                            let offset = found.shifted(5).to_offset(&framed);
+                            (framed, offset)
+                        }
+                        Err(e) => break Err(e),
+                    },
+                    Err(e) => break Err(e),
+                };
+                if pos > run_start {
+                    out.push_back(self.forward(buf.slice(run_start..pos)));
                 }
                 run_start = end;
-                if keep {
+                pos = end;
+                if self.last.as_ref().is_none_or(|last| offset > *last) {
                     self.replaying = false;
                     self.last = Some(offset);
                     self.messages += 1;
@@ -195,49 +227,57 @@ impl Filter {
                 }
                 continue;
             }
-            let found = match self.offset_in(&whole[range.clone()]) {
-                Ok(f) => f.shifted(range.start),
-                Err(error) => {
-                    self.settle(&mut pending, &whole);
-                    return Err(error);
-                }
+            let found = match self.offset_in(payload) {
+                Ok(f) => f.shifted(start),
+                Err(e) => break Err(e),
             };
             let keep = match (&pending, &self.last) {
-                (Some(p), _) => found.cmp_found(p, &whole).is_gt(),
-                (None, Some(last)) => found.cmp_offset(&whole, last).is_gt(),
+                (Some(p), _) => found.cmp_found(p, bytes).is_gt(),
+                (None, Some(last)) => found.cmp_offset(bytes, last).is_gt(),
                 (None, None) => true,
             };
             if keep {
                 self.replaying = false;
                 pending = Some(found);
                 self.messages += 1;
+                pos = end;
                 continue;
             }
-            self.settle(&mut pending, &whole);
-            if start > run_start {
-                out.push_back(self.forward(whole.slice(run_start..start)));
+            self.settle(&mut pending, buf);
+            if pos > run_start {
+                out.push_back(self.forward(buf.slice(run_start..pos)));
             }
             run_start = end;
-            self.dropped(&found.to_offset(&whole));
+            pos = end;
+            self.dropped(&found.to_offset(buf));
+        };
+        // What was kept up to here goes to the app, also before an error: those messages
+        // are good, and the app gets them before the status that ends its call.
+        self.settle(&mut pending, buf);
+        if pos > run_start {
+            out.push_back(self.forward(buf.slice(run_start..pos)));
         }
-        self.settle(&mut pending, &whole);
-        if whole.len() > run_start {
-            out.push_back(self.forward(whole.slice(run_start..)));
-        }
-        Ok(())
+        result.map(|()| pos)
     }
 
-    /// Makes the last kept message's offset, if it is only a place in `whole`, `self.last`.
-    fn settle(&mut self, pending: &mut Option<Found>, whole: &Bytes) {
+    /// A message whose frame header is bad; counted.
+    #[cold]
+    fn unreadable(&self, e: grpc::FrameError) -> String {
+        self.counters.malformed.inc();
+        format!("upstream sent an unreadable message: {e}")
+    }
+
+    /// Makes the last kept message's offset, if it is only a place in `buf`, `self.last`.
+    fn settle(&mut self, pending: &mut Option<Found>, buf: &Bytes) {
         if let Some(found) = pending.take() {
-            self.last = Some(found.to_offset(whole));
+            self.last = Some(found.to_offset(buf));
         }
     }
 
     /// The offset of one message's payload; a message without one, or unreadable, fails the job.
     #[inline]
     fn offset_in(&self, payload: &[u8]) -> Result<Found, String> {
-        match offset::find(payload, &self.method.offset) {
+        match offset::find(payload, &self.path) {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(self.no_offset(None)),
             Err(e) => Err(self.no_offset(Some(e))),
@@ -253,7 +293,7 @@ impl Filter {
                 format!(
                     "upstream message {} has no offset field {}",
                     self.messages + 1,
-                    self.method.offset_field
+                    self.offset_field
                 )
             }
             Some(e) => {
@@ -298,5 +338,158 @@ impl Filter {
             frame: Frame::data(bytes),
             progress: self.last.clone().map(|o| (o, self.messages)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use prost::Message as _;
+    use reprise_proto::demo::v1::{Cursor, Event};
+
+    use super::*;
+    use crate::offset::LeafKind;
+
+    const METHOD: &str = "demo.v1.EventService/StreamEvents";
+
+    fn message(seq: Option<u64>) -> Vec<u8> {
+        let event = Event {
+            cursor: seq.map(|seq| Cursor { seq }),
+            topic: "t".into(),
+            payload: vec![b'p'; (seq.unwrap_or(0) % 7) as usize],
+        };
+        let mut out = BytesMut::new();
+        out.put_u8(0);
+        out.put_u32(event.encoded_len() as u32);
+        event.encode(&mut out).expect("a BytesMut grows");
+        out.to_vec()
+    }
+
+    fn stream(seqs: &[Option<u64>]) -> Vec<u8> {
+        seqs.iter().flat_map(|&s| message(s)).collect()
+    }
+
+    fn filter(metrics: &Metrics, last: Option<i128>) -> Filter {
+        let path = OffsetPath {
+            numbers: vec![1, 1],
+            leaf: LeafKind::UInt64,
+        };
+        let mut f = Filter::new(
+            METHOD,
+            path,
+            "cursor.seq".into(),
+            "job".into(),
+            metrics,
+            last.map(Offset::Int),
+            0,
+        );
+        f.start_attempt(false);
+        f
+    }
+
+    /// Pushes `bytes` in frames of `size`; what was forwarded, and the first error.
+    fn run(f: &mut Filter, bytes: &[u8], size: usize) -> (Vec<u8>, Option<String>) {
+        let mut deframer = Deframer::new(1 << 20);
+        let mut out = VecDeque::new();
+        let mut error = None;
+        for frame in bytes.chunks(size) {
+            if let Err(e) = f.push(Bytes::copy_from_slice(frame), &mut deframer, &mut out) {
+                error = Some(e);
+                break;
+            }
+        }
+        let forwarded = out
+            .into_iter()
+            .flat_map(|c| c.frame.into_data().map(|d| d.to_vec()).unwrap_or_default())
+            .collect();
+        (forwarded, error)
+    }
+
+    fn dropped(m: &Metrics, reason: &'static str) -> u64 {
+        m.dropped
+            .get_or_create(&ReasonLabels {
+                method: METHOD.into(),
+                reason,
+            })
+            .get()
+    }
+
+    #[test]
+    fn frames_cut_anywhere_forward_every_message_once_in_order() {
+        let seqs: Vec<Option<u64>> = (1..=40).map(Some).collect();
+        let bytes = stream(&seqs);
+        for size in 1..=bytes.len() {
+            let m = Metrics::default();
+            let mut f = filter(&m, None);
+            let (forwarded, error) = run(&mut f, &bytes, size);
+            assert_eq!(error, None, "frames of {size}");
+            assert_eq!(forwarded, bytes, "frames of {size}");
+            assert_eq!(f.messages, 40);
+            assert_eq!(f.last, Some(Offset::Int(40)));
+        }
+    }
+
+    #[test]
+    fn a_resumed_attempt_drops_what_was_forwarded_and_counts_it() {
+        let seqs: Vec<Option<u64>> = (1..=20).map(Some).collect();
+        let bytes = stream(&seqs);
+        for size in [1, 7, 50, 4096] {
+            let m = Metrics::default();
+            // An inclusive server replays 1..=12 after a resume at 12.
+            let mut f = filter(&m, Some(12));
+            let (forwarded, error) = run(&mut f, &bytes, size);
+            assert_eq!(error, None);
+            assert_eq!(forwarded, stream(&seqs[12..]), "frames of {size}");
+            assert_eq!(dropped(&m, "duplicate"), 12);
+            assert_eq!(dropped(&m, "out_of_order"), 0);
+        }
+    }
+
+    #[test]
+    fn a_message_going_backwards_is_dropped_and_counted() {
+        let seqs = [Some(1), Some(2), Some(5), Some(3), Some(6)];
+        let m = Metrics::default();
+        let mut f = filter(&m, None);
+        let (forwarded, error) = run(&mut f, &stream(&seqs), 4096);
+        assert_eq!(error, None);
+        assert_eq!(forwarded, stream(&[Some(1), Some(2), Some(5), Some(6)]));
+        assert_eq!(dropped(&m, "out_of_order"), 1);
+    }
+
+    #[test]
+    fn a_message_without_offset_ends_the_job_after_the_ones_before_it() {
+        let seqs = [Some(1), Some(2), None, Some(4)];
+        for size in [1, 9, 4096] {
+            let m = Metrics::default();
+            let mut f = filter(&m, None);
+            let (forwarded, error) = run(&mut f, &stream(&seqs), size);
+            let error = error.expect("the job fails");
+            assert!(
+                error.contains("message 3 has no offset field cursor.seq"),
+                "{error}"
+            );
+            assert_eq!(forwarded, stream(&[Some(1), Some(2)]), "frames of {size}");
+            assert_eq!(f.last, Some(Offset::Int(2)));
+            assert_eq!(dropped(&m, "missing_offset"), 1);
+        }
+    }
+
+    #[test]
+    fn a_bad_frame_header_is_an_error_not_a_guess() {
+        let mut bytes = stream(&[Some(1)]);
+        bytes.extend_from_slice(&[7, 0, 0, 0, 1, 0]);
+        let m = Metrics::default();
+        let mut f = filter(&m, None);
+        let (forwarded, error) = run(&mut f, &bytes, 4096);
+        assert!(error.expect("fails").contains("invalid compression flag 7"));
+        assert_eq!(forwarded, stream(&[Some(1)]));
+        assert_eq!(dropped(&m, "malformed"), 1);
+
+        let mut huge = stream(&[Some(1)]);
+        huge.extend_from_slice(&[0, 0x7f, 0, 0, 0]);
+        let m = Metrics::default();
+        let mut f = filter(&m, None);
+        let (_, error) = run(&mut f, &huge, 3);
+        assert!(error.expect("fails").contains("exceeds max_message_bytes"));
     }
 }

@@ -199,39 +199,70 @@ impl Deframer {
     /// the message that was cut across chunks (completed by copying only its missing bytes),
     /// then the whole messages of the rest of the chunk (a slice of it, not a copy).
     pub fn push(&mut self, mut chunk: Bytes) -> Result<[Bytes; 2], FrameError> {
-        let mut straddler = Bytes::new();
-        if !self.pending.is_empty() {
-            // Complete the header first, then the message it announces.
-            if self.pending.len() < 5 {
-                let take = (5 - self.pending.len()).min(chunk.len());
-                self.pending.extend_from_slice(&chunk.split_to(take));
-                if self.pending.len() < 5 {
-                    return Ok([Bytes::new(), Bytes::new()]);
-                }
+        let straddler = if self.pending.is_empty() {
+            Bytes::new()
+        } else {
+            match self.complete(&mut chunk)? {
+                Some(message) => message,
+                None => return Ok([Bytes::new(), Bytes::new()]),
             }
-            let len = self.header_len(&self.pending)?;
-            let take = (5 + len - self.pending.len()).min(chunk.len());
-            self.pending.extend_from_slice(&chunk.split_to(take));
-            if self.pending.len() < 5 + len {
-                return Ok([Bytes::new(), Bytes::new()]);
-            }
-            straddler = self.pending.split().freeze();
-        }
+        };
         let whole = self.whole_prefix(&chunk)?;
-        if whole < chunk.len() {
-            self.pending.extend_from_slice(&chunk[whole..]);
-        }
+        self.keep(&chunk[whole..]);
         Ok([straddler, chunk.slice(..whole)])
     }
 
+    /// Completes the message cut at the end of the previous chunk with the head of `chunk`
+    /// (copying only its missing bytes, which are taken off `chunk`). `None`: it is still
+    /// incomplete and `chunk` is used up; also `None` when no message was pending.
+    pub fn complete(&mut self, chunk: &mut Bytes) -> Result<Option<Bytes>, FrameError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        // Complete the header first, then the message it announces.
+        if self.pending.len() < 5 {
+            let take = (5 - self.pending.len()).min(chunk.len());
+            self.pending.extend_from_slice(&chunk.split_to(take));
+            if self.pending.len() < 5 {
+                return Ok(None);
+            }
+        }
+        let len = self.header_len(&self.pending)?;
+        let take = (5 + len - self.pending.len()).min(chunk.len());
+        self.pending.extend_from_slice(&chunk.split_to(take));
+        if self.pending.len() < 5 + len {
+            return Ok(None);
+        }
+        Ok(Some(self.pending.split().freeze()))
+    }
+
+    /// Keeps `tail`, the start of a message cut at the end of a chunk, for [`Self::complete`].
+    pub fn keep(&mut self, tail: &[u8]) {
+        if !tail.is_empty() {
+            self.pending.extend_from_slice(tail);
+        }
+    }
+
+    /// The largest message accepted.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Checks one message header: its compression flag and its length against the limit.
+    #[inline]
+    pub fn check_header(flag: u8, len: usize, max: usize) -> Result<(), FrameError> {
+        if flag > 1 {
+            return Err(FrameError::BadFlag(flag));
+        }
+        if len > max {
+            return Err(FrameError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+
     fn header_len(&self, header: &[u8]) -> Result<usize, FrameError> {
-        if header[0] > 1 {
-            return Err(FrameError::BadFlag(header[0]));
-        }
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        if len > self.max {
-            return Err(FrameError::TooLarge { len, max: self.max });
-        }
+        Self::check_header(header[0], len, self.max)?;
         Ok(len)
     }
 

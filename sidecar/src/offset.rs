@@ -170,138 +170,221 @@ pub fn extract(msg: &Bytes, path: &OffsetPath) -> Result<Option<Offset>, WireErr
 }
 
 /// `extract` without taking anything out of `msg`: where the offset is.
+///
+/// This runs once per streamed message. The scan is compiled once per leaf encoding
+/// ([`Leaf`]): it carries the raw value (a `u64`, `u32` or a range) and makes a `Found` once,
+/// at the end, and its errors are one small value until they leave this function. Inlined
+/// into the per-message loop: returned through memory, a `Found` (32 bytes) cost more than
+/// the scan itself.
+#[inline(always)]
 pub fn find(msg: &[u8], path: &OffsetPath) -> Result<Option<Found>, WireError> {
-    let mut found = None;
-    scan(msg, 0, msg.len(), &path.numbers, path.leaf, &mut found)?;
+    let numbers = &path.numbers[..];
+    let found = match path.leaf {
+        kind @ (LeafKind::Int32
+        | LeafKind::Int64
+        | LeafKind::UInt32
+        | LeafKind::UInt64
+        | LeafKind::SInt32
+        | LeafKind::SInt64) => {
+            scan::<Varint>(msg, numbers)?.map(|v| Found::Int(from_varint(kind, v)))
+        }
+        LeafKind::Fixed32 => scan::<Fixed32>(msg, numbers)?.map(|v| Found::Int(i128::from(v))),
+        LeafKind::SFixed32 => {
+            scan::<Fixed32>(msg, numbers)?.map(|v| Found::Int(i128::from(v as i32)))
+        }
+        LeafKind::Fixed64 => scan::<Fixed64>(msg, numbers)?.map(|v| Found::Int(i128::from(v))),
+        LeafKind::SFixed64 => {
+            scan::<Fixed64>(msg, numbers)?.map(|v| Found::Int(i128::from(v as i64)))
+        }
+        LeafKind::String => match scan::<Len>(msg, numbers)? {
+            Some(range) => {
+                // Only the value that wins is the offset, so only it must be text.
+                std::str::from_utf8(&msg[range.clone()]).map_err(|_| WireError::Utf8)?;
+                Some(Found::Str(range))
+            }
+            None => None,
+        },
+        LeafKind::Bytes => scan::<Len>(msg, numbers)?.map(Found::Bytes),
+    };
     Ok(found)
 }
 
-fn scan(
-    msg: &[u8],
+/// An integer leaf's value from its varint, as its kind reads it.
+fn from_varint(kind: LeafKind, v: u64) -> i128 {
+    match kind {
+        LeafKind::Int32 => i128::from(v as i32),
+        LeafKind::Int64 => i128::from(v as i64),
+        LeafKind::UInt32 => i128::from(v as u32),
+        LeafKind::SInt32 | LeafKind::SInt64 => {
+            let n = ((v >> 1) as i64) ^ -((v & 1) as i64);
+            if kind == LeafKind::SInt32 {
+                i128::from(n as i32)
+            } else {
+                i128::from(n)
+            }
+        }
+        _ => i128::from(v),
+    }
+}
+
+/// Why a message cannot be read; one byte or two, so that the scan's results stay in
+/// registers. Becomes a [`WireError`] when it leaves [`find`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bad {
+    TruncatedVarint,
+    LongVarint,
+    PastEnd,
+    TruncatedFixed,
+    FieldZero,
+    InvalidWire,
+    EndGroup,
+    WireType { found: u8, expected: u8 },
+}
+
+impl From<Bad> for WireError {
+    fn from(bad: Bad) -> WireError {
+        match bad {
+            Bad::TruncatedVarint => WireError::Malformed("truncated varint"),
+            Bad::LongVarint => WireError::Malformed("varint longer than 10 bytes"),
+            Bad::PastEnd => WireError::Malformed("length-delimited field runs past the end"),
+            Bad::TruncatedFixed => WireError::Malformed("truncated fixed-width field"),
+            Bad::FieldZero => WireError::Malformed("field number 0"),
+            Bad::InvalidWire => WireError::Malformed("invalid wire type"),
+            Bad::EndGroup => WireError::Malformed("mismatched end-group"),
+            Bad::WireType { found, expected } => WireError::WireType { found, expected },
+        }
+    }
+}
+
+/// How a leaf's value is encoded: its wire type and how to read its raw value.
+trait Leaf {
+    type Raw;
+    const WIRE: u8;
+    fn read(buf: &[u8], pos: &mut usize) -> Result<Self::Raw, Bad>;
+}
+
+struct Varint;
+struct Fixed32;
+struct Fixed64;
+/// Strings and bytes: where the value lies.
+struct Len;
+
+impl Leaf for Varint {
+    type Raw = u64;
+    const WIRE: u8 = 0;
+    #[inline(always)]
+    fn read(buf: &[u8], pos: &mut usize) -> Result<u64, Bad> {
+        read_varint(buf, pos)
+    }
+}
+
+impl Leaf for Fixed32 {
+    type Raw = u32;
+    const WIRE: u8 = 5;
+    #[inline(always)]
+    fn read(buf: &[u8], pos: &mut usize) -> Result<u32, Bad> {
+        take::<4>(buf, pos).map(u32::from_le_bytes)
+    }
+}
+
+impl Leaf for Fixed64 {
+    type Raw = u64;
+    const WIRE: u8 = 1;
+    #[inline(always)]
+    fn read(buf: &[u8], pos: &mut usize) -> Result<u64, Bad> {
+        take::<8>(buf, pos).map(u64::from_le_bytes)
+    }
+}
+
+impl Leaf for Len {
+    type Raw = Range<usize>;
+    const WIRE: u8 = 2;
+    #[inline(always)]
+    fn read(buf: &[u8], pos: &mut usize) -> Result<Range<usize>, Bad> {
+        let len = read_len(buf, pos)?;
+        let range = *pos..*pos + len;
+        *pos += len;
+        Ok(range)
+    }
+}
+
+/// The leaf's last value along `path` in `msg` (protobuf's "last one wins"; occurrences of
+/// an enclosing message merge, so every one of them is walked).
+#[inline]
+fn scan<L: Leaf>(msg: &[u8], path: &[u32]) -> Result<Option<L::Raw>, WireError> {
+    let mut found = None;
+    scan_fields::<L>(msg, 0, path, &mut found)?;
+    Ok(found)
+}
+
+/// The fields from `pos` to the end of `buf`: a whole message, or the enclosing buffer cut
+/// where an embedded message ends. Positions stay offsets from the start of the top-level
+/// message, so a range found deep inside is valid at the top.
+fn scan_fields<L: Leaf>(
+    buf: &[u8],
     mut pos: usize,
-    end: usize,
     path: &[u32],
-    leaf: LeafKind,
-    found: &mut Option<Found>,
-) -> Result<(), WireError> {
-    let buf = &msg[..end];
-    while pos < end {
+    found: &mut Option<L::Raw>,
+) -> Result<(), Bad> {
+    let Some((&want, rest)) = path.split_first() else {
+        return Ok(());
+    };
+    let want = u64::from(want);
+    while pos < buf.len() {
         let tag = read_varint(buf, &mut pos)?;
-        let number = (tag >> 3) as u32;
+        let number = tag >> 3;
         let wire = (tag & 7) as u8;
+        if number == want {
+            if rest.is_empty() {
+                expect_wire(wire, L::WIRE)?;
+                *found = Some(L::read(buf, &mut pos)?);
+            } else {
+                expect_wire(wire, 2)?;
+                let len = read_len(buf, &mut pos)?;
+                let end = pos + len;
+                scan_fields::<L>(&buf[..end], pos, rest, found)?;
+                pos = end;
+            }
+            continue;
+        }
         if number == 0 {
-            return Err(WireError::Malformed("field number 0"));
+            return Err(Bad::FieldZero);
         }
-        if number != path[0] {
-            skip(buf, &mut pos, wire, number)?;
-            continue;
-        }
-        if path.len() > 1 {
-            expect_wire(wire, 2)?;
-            let len = read_len(buf, &mut pos)?;
-            scan(msg, pos, pos + len, &path[1..], leaf, found)?;
-            pos += len;
-            continue;
-        }
-        *found = Some(read_leaf(buf, &mut pos, wire, leaf)?);
+        skip(buf, &mut pos, wire, number)?;
     }
     Ok(())
 }
 
-fn read_leaf(buf: &[u8], pos: &mut usize, wire: u8, leaf: LeafKind) -> Result<Found, WireError> {
-    Ok(match leaf {
-        LeafKind::Int32 => {
-            expect_wire(wire, 0)?;
-            Found::Int(i128::from(read_varint(buf, pos)? as i32))
-        }
-        LeafKind::Int64 => {
-            expect_wire(wire, 0)?;
-            Found::Int(i128::from(read_varint(buf, pos)? as i64))
-        }
-        LeafKind::UInt32 => {
-            expect_wire(wire, 0)?;
-            Found::Int(i128::from(read_varint(buf, pos)? as u32))
-        }
-        LeafKind::UInt64 => {
-            expect_wire(wire, 0)?;
-            Found::Int(i128::from(read_varint(buf, pos)?))
-        }
-        LeafKind::SInt32 | LeafKind::SInt64 => {
-            expect_wire(wire, 0)?;
-            let v = read_varint(buf, pos)?;
-            let n = ((v >> 1) as i64) ^ -((v & 1) as i64);
-            let n = if leaf == LeafKind::SInt32 {
-                i64::from(n as i32)
-            } else {
-                n
-            };
-            Found::Int(i128::from(n))
-        }
-        LeafKind::Fixed32 | LeafKind::SFixed32 => {
-            expect_wire(wire, 5)?;
-            let raw = take::<4>(buf, pos)?;
-            let v = u32::from_le_bytes(raw);
-            Found::Int(if leaf == LeafKind::Fixed32 {
-                i128::from(v)
-            } else {
-                i128::from(v as i32)
-            })
-        }
-        LeafKind::Fixed64 | LeafKind::SFixed64 => {
-            expect_wire(wire, 1)?;
-            let raw = take::<8>(buf, pos)?;
-            let v = u64::from_le_bytes(raw);
-            Found::Int(if leaf == LeafKind::Fixed64 {
-                i128::from(v)
-            } else {
-                i128::from(v as i64)
-            })
-        }
-        LeafKind::String | LeafKind::Bytes => {
-            expect_wire(wire, 2)?;
-            let len = read_len(buf, pos)?;
-            let range = *pos..*pos + len;
-            *pos += len;
-            if leaf == LeafKind::String {
-                std::str::from_utf8(&buf[range.clone()]).map_err(|_| WireError::Utf8)?;
-                Found::Str(range)
-            } else {
-                Found::Bytes(range)
-            }
-        }
-    })
-}
-
-fn expect_wire(found: u8, expected: u8) -> Result<(), WireError> {
+#[inline(always)]
+fn expect_wire(found: u8, expected: u8) -> Result<(), Bad> {
     if found == expected {
         Ok(())
     } else {
-        Err(WireError::WireType { found, expected })
+        Err(Bad::WireType { found, expected })
     }
 }
 
-fn take<const N: usize>(buf: &[u8], pos: &mut usize) -> Result<[u8; N], WireError> {
-    let bytes = buf
+#[inline(always)]
+fn take<const N: usize>(buf: &[u8], pos: &mut usize) -> Result<[u8; N], Bad> {
+    let bytes: [u8; N] = buf
         .get(*pos..*pos + N)
-        .ok_or(WireError::Malformed("truncated fixed-width field"))?;
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Bad::TruncatedFixed)?;
     *pos += N;
-    let mut out = [0u8; N];
-    out.copy_from_slice(bytes);
-    Ok(out)
+    Ok(bytes)
 }
 
-fn read_len(buf: &[u8], pos: &mut usize) -> Result<usize, WireError> {
+#[inline(always)]
+fn read_len(buf: &[u8], pos: &mut usize) -> Result<usize, Bad> {
     let len = read_varint(buf, pos)? as usize;
     if buf.len() - *pos < len {
-        return Err(WireError::Malformed(
-            "length-delimited field runs past the end",
-        ));
+        return Err(Bad::PastEnd);
     }
     Ok(len)
 }
 
 #[inline(always)]
-fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
+fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, Bad> {
     // Tags, lengths and small values are one byte: the common case, inline and without a loop.
     if let Some(&byte) = buf.get(*pos)
         && byte < 0x80
@@ -309,28 +392,33 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
         *pos += 1;
         return Ok(u64::from(byte));
     }
+    // Two bytes: sequence numbers up to 16383, the other common case.
+    if let Some(&[b0, b1]) = buf.get(*pos..*pos + 2)
+        && b1 < 0x80
+    {
+        *pos += 2;
+        return Ok(u64::from(b0 & 0x7f) | u64::from(b1) << 7);
+    }
     read_long_varint(buf, pos)
 }
 
-/// Varints of two bytes or more, out of line so the one-byte path stays small.
+/// Varints of three bytes or more, out of line so the short paths stay small.
 #[inline(never)]
-fn read_long_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
+fn read_long_varint(buf: &[u8], pos: &mut usize) -> Result<u64, Bad> {
     let mut value = 0u64;
     for i in 0..10 {
-        let byte = *buf
-            .get(*pos)
-            .ok_or(WireError::Malformed("truncated varint"))?;
+        let byte = *buf.get(*pos).ok_or(Bad::TruncatedVarint)?;
         *pos += 1;
         value |= u64::from(byte & 0x7f) << (7 * i);
         if byte < 0x80 {
             return Ok(value);
         }
     }
-    Err(WireError::Malformed("varint longer than 10 bytes"))
+    Err(Bad::LongVarint)
 }
 
-#[inline]
-fn skip(buf: &[u8], pos: &mut usize, wire: u8, number: u32) -> Result<(), WireError> {
+#[inline(always)]
+fn skip(buf: &[u8], pos: &mut usize, wire: u8, number: u64) -> Result<(), Bad> {
     match wire {
         0 => {
             read_varint(buf, pos)?;
@@ -345,23 +433,27 @@ fn skip(buf: &[u8], pos: &mut usize, wire: u8, number: u32) -> Result<(), WireEr
         5 => {
             take::<4>(buf, pos)?;
         }
-        3 => {
-            // A group: skip fields until its matching end-group tag.
-            loop {
-                let tag = read_varint(buf, pos)?;
-                let (n, w) = ((tag >> 3) as u32, (tag & 7) as u8);
-                if w == 4 {
-                    if n != number {
-                        return Err(WireError::Malformed("mismatched end-group"));
-                    }
-                    break;
-                }
-                skip(buf, pos, w, n)?;
-            }
-        }
-        _ => return Err(WireError::Malformed("invalid wire type")),
+        3 => skip_group(buf, pos, number)?,
+        _ => return Err(Bad::InvalidWire),
     }
     Ok(())
+}
+
+/// A group (deprecated, still valid): fields until its matching end-group tag.
+#[inline(never)]
+fn skip_group(buf: &[u8], pos: &mut usize, number: u64) -> Result<(), Bad> {
+    loop {
+        let tag = read_varint(buf, pos)?;
+        let (n, w) = (tag >> 3, (tag & 7) as u8);
+        if w == 4 {
+            return if n == number {
+                Ok(())
+            } else {
+                Err(Bad::EndGroup)
+            };
+        }
+        skip(buf, pos, w, n)?;
+    }
 }
 
 #[cfg(test)]

@@ -402,7 +402,15 @@ impl Task {
         if let Some(ack) = &ack {
             ack.attach(slot.slot.clone(), last.clone(), messages);
         }
-        let filter = Filter::new(method.clone(), job_id.clone(), &ctx.metrics, last, messages);
+        let filter = Filter::new(
+            &method.name,
+            method.offset.clone(),
+            method.offset_field.clone(),
+            job_id.clone(),
+            &ctx.metrics,
+            last,
+            messages,
+        );
         let pipe = PipeEnd(Pipe::new(filter, slot.slot.clone()));
         (
             Task {
