@@ -25,8 +25,10 @@ pub async fn serve(
         .initial_connection_window_size(2 << 20)
         .max_concurrent_streams(4096)
         // What h2 may hold per stream beyond what the app's window lets out (hyper's default
-        // is 400 KiB). Times hundreds of streams toward a slow app, that is where memory went.
-        .max_send_buf_size(32 * 1024)
+        // is 400 KiB). Times hundreds of streams toward a slow app, that is where memory went;
+        // 16 KiB measured as fast as 32 with 100 streams and left room for a larger upstream
+        // window (docs/benchmarks.md).
+        .max_send_buf_size(16 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));
     loop {
