@@ -2,8 +2,9 @@
 //! configured server-streaming methods survive upstream failures by resuming them mid-stream.
 //!
 //! Module map, following the request path: [`server`] accepts the app's HTTP/2 connections,
-//! [`proxy`] routes each call, [`stream`] runs a resumable call (with [`offset`] reading each
-//! message's ordering key and [`request`] rewriting the request), [`checkpoint`] batches offset
+//! [`proxy`] routes each call, [`stream`] runs a resumable call (its [`pipe`] lets the app's
+//! response body read the upstream through the [`filter`], with [`offset`] reading each
+//! message's ordering key; [`request`] rewrites the request), [`checkpoint`] batches offset
 //! writes to the job [`store`]. [`config`], [`descriptors`], [`grpc`] and [`admin`] support them.
 
 pub mod admin;

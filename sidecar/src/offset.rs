@@ -172,7 +172,7 @@ pub fn extract(msg: &Bytes, path: &OffsetPath) -> Result<Option<Offset>, WireErr
 /// `extract` without taking anything out of `msg`: where the offset is.
 ///
 /// This runs once per streamed message. The scan is compiled once per leaf encoding
-/// ([`Leaf`]): it carries the raw value (a `u64`, `u32` or a range) and makes a `Found` once,
+/// (`Leaf`): it carries the raw value (a `u64`, `u32` or a range) and makes a `Found` once,
 /// at the end, and its errors are one small value until they leave this function. Inlined
 /// into the per-message loop: returned through memory, a `Found` (32 bytes) cost more than
 /// the scan itself.

@@ -1,7 +1,7 @@
 //! The data path of a resumable call: the app's response body reads the upstream itself.
 //!
-//! While an attempt streams, its upstream body and deframer sit in the [`Pipe`], and the
-//! app's [`AppBody`] drives them: each time hyper asks for the next frame for the app, the
+//! While an attempt streams, its upstream body and deframer sit in the `Pipe`, and the
+//! app's `AppBody` drives them: each time hyper asks for the next frame for the app, the
 //! body reads an upstream frame, filters it and hands it over in the same poll. A chunk
 //! crosses no task between the two connections, and only when the app's stream has room is
 //! the upstream read: what the app cannot take yet stays unread under the upstream's

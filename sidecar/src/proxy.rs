@@ -68,9 +68,9 @@ fn upstream_client(connections: usize, connects: Counter) -> UpstreamClient {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .http2_keep_alive_timeout(Duration::from_secs(5))
         .http2_keep_alive_while_idle(true)
-        // A stream task reads only when its app has room (see `Task::attempt`), so a slow app
-        // stops its stream's window, and the connections' windows are the bound on data
-        // waiting in the sidecar for many streams at once.
+        // A resumable call's body reads the upstream only when its app has room (`pipe.rs`),
+        // so a slow app stops its stream's window, and the connections' windows are the bound
+        // on data waiting in the sidecar for many streams at once.
         .http2_initial_stream_window_size(stream_window)
         .http2_initial_connection_window_size(connection_window)
         // Large frames from the upstream mean fewer reads and fewer chunks per message.

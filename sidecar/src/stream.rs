@@ -662,8 +662,8 @@ impl Task {
         // The upstream is done with, whatever ended the call (a deadline stops the attempt
         // where it was).
         self.pipe.0.stop();
-        // What the app holds: everything queued to its body, which it reads before the status;
-        // if it is gone, only what its connection took (the rest died in our queue).
+        // What the app holds: everything the filter passed, which its body yields before the
+        // status; if it is gone, only what its connection took (the rest died in the pipe).
         let (held, mut messages) = match (&outcome, &self.slot) {
             (Outcome::AppGone, Some(guard)) => guard.slot.current(),
             _ => self.pipe.0.position(),
