@@ -125,9 +125,7 @@ impl Scenario {
             msgs_per_sec_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
             msgs_per_sec_max: rates.iter().copied().fold(0.0, f64::max),
             ratio_to_direct: median(ratios),
-            cpu_us_per_msg: cpu
-                .filter(|_| messages > 0)
-                .map(|c| c * 1e6 / messages as f64),
+            cpu_us_per_msg: cpu.filter(|_| messages > 0).map(per_msg),
             client_cpu_us_per_msg: per_msg(mine.iter().map(|s| s.client_cpu_seconds).sum()),
             server_cpu_us_per_msg: per_msg(mine.iter().map(|s| s.server_cpu_seconds).sum()),
             idle_rss_mib: self
@@ -228,8 +226,9 @@ impl Scenario {
             "RSS MiB idle/peak",
             "ckpt/stream-s"
         );
-        for route in self.routes() {
-            let s = self.summary(route);
+        let summaries: Vec<PathSummary> =
+            self.routes().into_iter().map(|r| self.summary(r)).collect();
+        for s in &summaries {
             let opt =
                 |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
             let rss = match (s.idle_rss_mib, s.peak_rss_mib) {
@@ -238,7 +237,7 @@ impl Scenario {
             };
             println!(
                 "  {:<8} {:>13} {:>25} {:>9} {:>11} {:>17} {:>13}",
-                route.to_string(),
+                s.route.to_string(),
                 thousands(s.msgs_per_sec_median),
                 format!(
                     "{} - {}",
@@ -256,12 +255,11 @@ impl Scenario {
             "  {:<8} {:>8} {:>8} {:>8} {:>8}",
             "path", "client", "server", "proxy", "all"
         );
-        for route in self.routes() {
-            let s = self.summary(route);
+        for s in &summaries {
             let proxy = s.cpu_us_per_msg.unwrap_or(0.0);
             println!(
                 "  {:<8} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
-                route.to_string(),
+                s.route.to_string(),
                 s.client_cpu_us_per_msg,
                 s.server_cpu_us_per_msg,
                 proxy,

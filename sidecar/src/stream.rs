@@ -173,6 +173,14 @@ pub(crate) struct Task {
 /// ends after what is queued, never hangs.
 struct PipeEnd(Arc<Pipe>);
 
+impl std::ops::Deref for PipeEnd {
+    type Target = Arc<Pipe>;
+
+    fn deref(&self) -> &Arc<Pipe> {
+        &self.0
+    }
+}
+
 impl Drop for PipeEnd {
     fn drop(&mut self) {
         self.0.close();
@@ -496,7 +504,7 @@ impl Task {
                 attempt,
                 cause,
                 error = %error,
-                offset = self.pipe.0.position().0.as_ref().map(ToString::to_string).unwrap_or_default(),
+                offset = self.pipe.position().0.as_ref().map(ToString::to_string).unwrap_or_default(),
                 "upstream stream broke; resuming"
             );
             let (store, job_id, fence, backend) = (
@@ -527,7 +535,7 @@ impl Task {
 
     /// One upstream call, from request to the end of its body.
     async fn attempt(&mut self) -> Step {
-        let message = match &self.pipe.0.position().0 {
+        let message = match &self.pipe.position().0 {
             Some(o) => match request::with_resume(&self.method, &self.request, o) {
                 Ok(b) => b,
                 Err(error) => return Step::Done(Outcome::Failed { error }),
@@ -593,7 +601,7 @@ impl Task {
                 (Some(g), None) => Some(g.slot.clone()),
                 _ => None,
             };
-            let body = self.pipe.0.body(record, self.app_gone.clone());
+            let body = self.pipe.body(record, self.app_gone.clone());
             let mut res = Response::new(body.boxed_unsync());
             *res.headers_mut() = headers;
             if head.send(res).is_err() {
@@ -602,14 +610,14 @@ impl Task {
         }
         // From here the app's body streams the upstream; this task waits for the attempt to
         // end, or for shutdown or the app going away, and then takes the upstream back.
-        self.pipe.0.start(body, gzip, self.ctx.max_message_bytes);
+        self.pipe.start(body, gzip, self.ctx.max_message_bytes);
         let end = tokio::select! {
             biased;
             _ = self.ctx.shutdown.cancelled() => None,
             _ = self.app_gone.cancelled() => Some(None),
-            end = self.pipe.0.ended() => Some(Some(end)),
+            end = self.pipe.ended() => Some(Some(end)),
         };
-        let progressed = self.pipe.0.stop();
+        let progressed = self.pipe.stop();
         match end {
             None => Step::Done(Outcome::Shutdown),
             Some(None) => Step::Done(Outcome::AppGone),
@@ -661,12 +669,12 @@ impl Task {
     async fn finish(mut self, outcome: Outcome) {
         // The upstream is done with, whatever ended the call (a deadline stops the attempt
         // where it was).
-        self.pipe.0.stop();
+        self.pipe.stop();
         // What the app holds: everything the filter passed, which its body yields before the
         // status; if it is gone, only what its connection took (the rest died in the pipe).
         let (held, mut messages) = match (&outcome, &self.slot) {
             (Outcome::AppGone, Some(guard)) => guard.slot.current(),
-            _ => self.pipe.0.position(),
+            _ => self.pipe.position(),
         };
         let mut offset_text = held.as_ref().map(ToString::to_string);
         let (mut status, mut app, mut error) = match outcome {
@@ -831,7 +839,7 @@ impl Task {
             res.headers_mut().extend(trailers);
             let _ = head.send(res);
         } else {
-            self.pipe.0.finish(trailers);
+            self.pipe.finish(trailers);
         }
     }
 }
