@@ -18,7 +18,7 @@ use reprise_sidecar::{
     admin::Metrics,
     filter::{Chunk, Filter},
     grpc::Deframer,
-    offset::{self, LeafKind, OffsetPath},
+    offset::{self, LeafKind, OffsetPath, Presence, Step},
 };
 
 const MESSAGES: u64 = 200_000;
@@ -51,10 +51,7 @@ fn frames(all: &Bytes, size: usize) -> Vec<Bytes> {
 
 /// One pass over the frames; the time it took.
 fn pass(frames: &[Bytes], metrics: &Metrics) -> Duration {
-    let path = OffsetPath {
-        numbers: vec![1, 1],
-        leaf: LeafKind::UInt64,
-    };
+    let path = OffsetPath::plain(&[1, 1], LeafKind::UInt64, Presence::Implicit);
     let mut filter = Filter::new(
         "demo.v1.EventService/StreamEvents",
         path,
@@ -91,7 +88,25 @@ fn main() {
         "filter: {MESSAGES} messages of {} bytes framed, best and median of {ROUNDS} passes",
         all.len() as u64 / MESSAGES
     );
-    find_alone(&all);
+    find_alone(
+        &all,
+        &OffsetPath::plain(&[1, 1], LeafKind::UInt64, Presence::Implicit),
+        "",
+    );
+    // The same path with `cursor` in a oneof whose other member (5) never comes.
+    let in_oneof = OffsetPath::new(
+        vec![
+            Step {
+                number: 1,
+                group: false,
+                clears: vec![5].into(),
+            },
+            Step::plain(1),
+        ],
+        LeafKind::UInt64,
+        Presence::Implicit,
+    );
+    find_alone(&all, &in_oneof, ", oneof");
     for size in [32 * 1024, 16 * 1024, 4 * 1024, 1024] {
         let frames = frames(&all, size);
         let mut times: Vec<Duration> = (0..ROUNDS).map(|_| pass(&frames, &metrics)).collect();
@@ -106,12 +121,9 @@ fn main() {
     }
 }
 /// `offset::find` alone, over every message in stream order: how much of the filter's time
-/// is reading the offset out of the protobuf bytes.
-fn find_alone(all: &Bytes) {
-    let path = OffsetPath {
-        numbers: vec![1, 1],
-        leaf: LeafKind::UInt64,
-    };
+/// is reading the offset out of the protobuf bytes. `path` is `cursor.seq` as a plain path, or
+/// with `cursor` in a oneof (the walk that handles oneofs and groups).
+fn find_alone(all: &Bytes, path: &OffsetPath, what: &str) {
     let mut payloads = Vec::new();
     let mut pos = 0;
     while let Some(h) = all.get(pos..pos + 5) {
@@ -123,12 +135,13 @@ fn find_alone(all: &Bytes) {
     for _ in 0..ROUNDS {
         let started = Instant::now();
         for r in &payloads {
-            black_box(offset::find(&all[r.clone()], &path).ok());
+            black_box(offset::find(&all[r.clone()], path).ok());
         }
         best = best.min(started.elapsed());
     }
     println!(
-        "  offset::find alone:   {:6.2} ns/msg best",
+        "  {:<27} {:6.2} ns/msg best",
+        format!("offset::find alone{what}:"),
         best.as_nanos() as f64 / MESSAGES as f64
     );
 }

@@ -37,6 +37,7 @@ const STREAM_KEYS: &[&str] = &[
     "method",
     "offset_field",
     "resume_field",
+    "resume_inclusive",
     "resume",
     "retry_codes",
     "max_outage",
@@ -112,6 +113,8 @@ pub struct StreamConfig {
     pub method: String,
     pub offset_field: String,
     pub resume_field: String,
+    /// The resume field means "from this offset, inclusive" rather than "strictly after it".
+    pub resume_inclusive: bool,
     pub resume: ResumeMode,
     /// gRPC codes (as numbers) that mean "the upstream broke, resume". Transport errors always do.
     pub retry_codes: Vec<i32>,
@@ -539,6 +542,18 @@ impl Parser<'_> {
                     ResumeMode::OnRequest
                 }
             };
+            let resume_inclusive = match fields.get("resume_inclusive").map(scalar_string) {
+                None => false,
+                Some(Some(s)) if s == "false" => false,
+                Some(Some(s)) if s == "true" => true,
+                Some(other) => {
+                    self.errors.push(format!(
+                        "key `streams[{i}].resume_inclusive`: {} is not valid; valid: true (the resume field means \"from this offset, inclusive\"), false (\"strictly after it\", the default)",
+                        other.map_or_else(|| "a non-scalar value".to_owned(), |s| format!("{s:?}"))
+                    ));
+                    false
+                }
+            };
             let retry_codes = match fields.get("retry_codes") {
                 None => vec![14],
                 Some(Value::Sequence(codes)) => codes
@@ -577,6 +592,7 @@ impl Parser<'_> {
                 method,
                 offset_field,
                 resume_field,
+                resume_inclusive,
                 resume,
                 retry_codes,
                 max_outage,

@@ -109,7 +109,8 @@ pub async fn take_over(
     let original = base64::engine::general_purpose::STANDARD
         .decode(&record.request_b64)
         .map_err(|e| format!("stored request is not base64: {e}"))?;
-    let request = request::decode(&method, &original)?;
+    // A stored request that no longer decodes cannot be resumed: say so now.
+    request::decode(&method, &original)?;
     let new_job = NewJob {
         job_id: record.job_id.clone(),
         service: record.service.clone(),
@@ -129,7 +130,10 @@ pub async fn take_over(
     else {
         return Ok(false);
     };
-    let last = offset.and_then(|t| Offset::parse(method.offset.leaf, &t).ok());
+    let last = Offset::from_stored(method.offset.leaf, offset.as_deref(), messages)
+        .map_err(|e| tracing::warn!(job.id = %record.job_id, error = %e, "ignoring unreadable stored offset"))
+        .ok()
+        .flatten();
     tracing::info!(
         job.id = %record.job_id,
         from.pod = %record.owner.pod,
@@ -157,8 +161,8 @@ pub async fn take_over(
             backend,
             last,
             messages,
+            moved: false,
         },
-        request,
         original.into(),
         upstream_headers(),
         None,

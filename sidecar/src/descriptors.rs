@@ -14,7 +14,8 @@ use tonic_reflection::pb::v1::{
 
 use crate::{
     config::{ResumeMode, StreamConfig},
-    offset::{LeafKind, OffsetPath},
+    editions,
+    offset::{LeafKind, OffsetPath, Presence, Step},
 };
 
 /// One resumable method, resolved against the descriptors.
@@ -28,6 +29,8 @@ pub struct ResumableMethod {
     /// The resume field's chain of fields from the request root to the leaf.
     pub resume_path: Vec<FieldDescriptor>,
     pub resume_field: String,
+    /// The resume field means "from, inclusive": an app's own value `v` holds what is below it.
+    pub resume_inclusive: bool,
     pub retry_codes: Vec<i32>,
     pub max_outage: Duration,
     pub mode: ResumeMode,
@@ -38,6 +41,39 @@ impl ResumableMethod {
     pub fn path(&self) -> String {
         format!("/{}", self.name)
     }
+
+    /// How the offset and resume fields are read and written, for `--check` and the log:
+    /// `offset: uint64, implicit presence (absent reads as 0); resume: optional sint64 (after)`.
+    pub fn fields_note(&self) -> String {
+        let offset = match (self.offset.presence, self.offset.leaf) {
+            (Presence::Explicit, kind) => format!(
+                "{}, explicit presence (a message without it ends the call)",
+                kind.name()
+            ),
+            (Presence::Implicit, LeafKind::String) => {
+                "string, implicit presence (absent reads as \"\")".to_owned()
+            }
+            (Presence::Implicit, LeafKind::Bytes) => {
+                "bytes, implicit presence (absent reads as empty)".to_owned()
+            }
+            (Presence::Implicit, kind) => {
+                format!("{}, implicit presence (absent reads as 0)", kind.name())
+            }
+        };
+        let resume = self.resume_path.last().map_or_else(String::new, |leaf| {
+            let kind = leaf_kind(Some(leaf)).map_or("?", LeafKind::name);
+            match presence(Some(leaf)) {
+                Presence::Explicit => format!("{kind}, explicit presence (0 is written)"),
+                Presence::Implicit => format!("{kind}, implicit presence"),
+            }
+        });
+        let meaning = if self.resume_inclusive {
+            "from, inclusive"
+        } else {
+            "strictly after"
+        };
+        format!("offset: {offset}; resume: {resume}, meaning {meaning}")
+    }
 }
 
 pub fn load_file(path: &Path) -> Result<DescriptorPool, String> {
@@ -47,11 +83,27 @@ pub fn load_file(path: &Path) -> Result<DescriptorPool, String> {
             path.display()
         )
     })?;
-    DescriptorPool::decode(bytes.as_slice()).map_err(|e| {
+    let unusable = |e: String| {
         format!(
             "key `descriptors`: {} is not a usable FileDescriptorSet ({e}); write it with `protoc --include_imports --descriptor_set_out`",
             path.display()
         )
+    };
+    // Editions files become the proto2/proto3 files prost-reflect can load (crate::editions).
+    let bytes = editions::lower_set(&bytes).map_err(unusable)?;
+    guarded(|| DescriptorPool::decode(bytes.as_ref()).map_err(|e| e.to_string())).map_err(unusable)
+}
+
+/// Runs a prost-reflect call that may panic on a malformed descriptor instead of returning an
+/// error (0.16.5 did, building its error for an editions file); a panic becomes that error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("the descriptor library failed on it: {why}"))
     })
 }
 
@@ -114,7 +166,10 @@ async fn fetch_once(upstream: &http::Uri, services: &[String]) -> Result<Descrip
         match reply.message_response {
             Some(MessageResponse::FileDescriptorResponse(r)) => {
                 for raw in r.file_descriptor_proto {
-                    let file = FileDescriptorProto::decode(raw.as_slice())
+                    // Lowered before prost-types decodes it: prost-types drops the edition.
+                    let raw = editions::lower_file(&raw)
+                        .map_err(|e| format!("bad descriptor from reflection: {e}"))?;
+                    let file = FileDescriptorProto::decode(raw.as_ref())
                         .map_err(|e| format!("bad descriptor from reflection: {e}"))?;
                     if seen.insert(file.name().to_owned()) {
                         for dep in &file.dependency {
@@ -135,10 +190,13 @@ async fn fetch_once(upstream: &http::Uri, services: &[String]) -> Result<Descrip
             _ => return Err("unexpected reflection reply".into()),
         }
     }
-    let mut pool = DescriptorPool::new();
-    pool.add_file_descriptor_protos(files)
-        .map_err(|e| format!("descriptors from reflection do not resolve: {e}"))?;
-    Ok(pool)
+    guarded(|| {
+        let mut pool = DescriptorPool::new();
+        pool.add_file_descriptor_protos(files)
+            .map_err(|e| e.to_string())?;
+        Ok(pool)
+    })
+    .map_err(|e| format!("descriptors from reflection do not resolve: {e}"))
 }
 
 /// Resolves every configured stream; returns every problem found, each naming the key.
@@ -222,6 +280,7 @@ fn resolve_one(
             return Err(errors);
         }
     };
+    let offset_path = offset_path(&offset);
     let offset_leaf = leaf_kind(offset.last());
     let resume_leaf = leaf_kind(resume.last());
     match (offset_leaf, resume_leaf) {
@@ -235,17 +294,15 @@ fn resolve_one(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let leaf = offset_leaf.ok_or_else(|| vec!["unreachable: leaf checked".to_owned()])?;
+    let offset = offset_path.ok_or_else(|| vec!["unreachable: leaf checked".to_owned()])?;
     Ok(ResumableMethod {
         name: s.method.clone(),
         input: method.input(),
-        offset: OffsetPath {
-            numbers: offset.iter().map(FieldDescriptor::number).collect(),
-            leaf,
-        },
+        offset,
         offset_field: s.offset_field.clone(),
         resume_path: resume,
         resume_field: s.resume_field.clone(),
+        resume_inclusive: s.resume_inclusive,
         retry_codes: s.retry_codes.clone(),
         max_outage: s.max_outage,
         mode: s.resume,
@@ -257,6 +314,45 @@ fn list(items: &[String]) -> String {
         "(none)".into()
     } else {
         items.join(", ")
+    }
+}
+
+/// What the wire walk needs of a resolved path (`field_path`): each step, the leaf's kind and
+/// its presence. `None` if the leaf is not an integer, string or bytes field.
+pub fn offset_path(fields: &[FieldDescriptor]) -> Option<OffsetPath> {
+    Some(OffsetPath::new(
+        fields.iter().map(step).collect(),
+        leaf_kind(fields.last())?,
+        presence(fields.last()),
+    ))
+}
+
+/// A path's field as the wire walk needs it: its number, whether it is group-encoded, and the
+/// other members of its (real, not synthetic) oneof, which clear it.
+fn step(field: &FieldDescriptor) -> Step {
+    let clears = field
+        .containing_oneof()
+        .filter(|o| !o.is_synthetic())
+        .map(|o| {
+            o.fields()
+                .map(|f| f.number())
+                .filter(|&n| n != field.number())
+                .collect()
+        })
+        .unwrap_or_default();
+    Step {
+        number: field.number(),
+        group: field.is_group(),
+        clears,
+    }
+}
+
+/// The leaf's presence, from the descriptor: prost-reflect's `supports_presence` is true for
+/// proto2 singular fields, proto3 `optional`, oneof members and message fields.
+pub fn presence(leaf: Option<&FieldDescriptor>) -> Presence {
+    match leaf {
+        Some(f) if f.supports_presence() => Presence::Explicit,
+        _ => Presence::Implicit,
     }
 }
 
@@ -279,8 +375,8 @@ pub fn leaf_kind(field: Option<&FieldDescriptor>) -> Option<LeafKind> {
 }
 
 /// Resolves a dotted path; every step but the last must be a singular message field, the last a
-/// singular integer, string or bytes field.
-fn field_path(
+/// singular integer, string or bytes field. `key` names the config key in errors.
+pub fn field_path(
     root: &MessageDescriptor,
     path: &str,
     key: &str,
@@ -345,6 +441,7 @@ mod tests {
             method: method.into(),
             offset_field: offset.into(),
             resume_field: resume.into(),
+            resume_inclusive: false,
             resume: ResumeMode::OnRequest,
             retry_codes: vec![14],
             max_outage: Duration::from_secs(30),
@@ -366,9 +463,9 @@ mod tests {
             ],
         )
         .expect("valid");
-        assert_eq!(m[0].offset.numbers, vec![1]);
+        assert_eq!(m[0].offset.numbers(), vec![1]);
         assert_eq!(m[0].offset.leaf, LeafKind::String);
-        assert_eq!(m[1].offset.numbers, vec![1, 1]);
+        assert_eq!(m[1].offset.numbers(), vec![1, 1]);
         assert_eq!(m[1].offset.leaf, LeafKind::UInt64);
         assert_eq!(m[1].resume_path.len(), 2);
     }
@@ -379,7 +476,7 @@ mod tests {
         let cases = [
             (
                 stream("demo.v1.Nope/ListUsers", "user_id", "after_user_id"),
-                "valid services: demo.v1.EventService, demo.v1.UserService",
+                "valid services: demo.v1.EventService, demo.v1.LedgerService, demo.v1.UserService, pb.Server",
             ),
             (
                 stream("demo.v1.UserService/ListUser", "user_id", "after_user_id"),

@@ -348,7 +348,7 @@ mod tests {
     use reprise_proto::demo::v1::{Cursor, Event};
 
     use super::*;
-    use crate::offset::LeafKind;
+    use crate::offset::{LeafKind, Presence};
 
     const METHOD: &str = "demo.v1.EventService/StreamEvents";
 
@@ -370,10 +370,11 @@ mod tests {
     }
 
     fn filter(metrics: &Metrics, last: Option<i128>) -> Filter {
-        let path = OffsetPath {
-            numbers: vec![1, 1],
-            leaf: LeafKind::UInt64,
-        };
+        filter_with(metrics, last, Presence::Implicit)
+    }
+
+    fn filter_with(metrics: &Metrics, last: Option<i128>, presence: Presence) -> Filter {
+        let path = OffsetPath::plain(&[1, 1], LeafKind::UInt64, presence);
         let mut f = Filter::new(
             METHOD,
             path,
@@ -458,10 +459,11 @@ mod tests {
 
     #[test]
     fn a_message_without_offset_ends_the_job_after_the_ones_before_it() {
+        // With explicit presence (say `optional uint64 seq`), an absent leaf is no offset.
         let seqs = [Some(1), Some(2), None, Some(4)];
         for size in [1, 9, 4096] {
             let m = Metrics::default();
-            let mut f = filter(&m, None);
+            let mut f = filter_with(&m, None, Presence::Explicit);
             let (forwarded, error) = run(&mut f, &stream(&seqs), size);
             let error = error.expect("the job fails");
             assert!(
@@ -472,6 +474,38 @@ mod tests {
             assert_eq!(f.last, Some(Offset::Int(2)));
             assert_eq!(dropped(&m, "missing_offset"), 1);
         }
+    }
+
+    #[test]
+    fn an_absent_implicit_offset_is_its_default_and_streams_may_start_at_zero() {
+        // `Cursor.seq` is a proto3 uint64 without `optional`: seq 0 is not on the wire, and a
+        // message without a cursor at all reads as the default cursor, seq 0 too.
+        assert_eq!(
+            message(Some(0))[5..7],
+            [0x0a, 0x00],
+            "an empty cursor: no seq bytes"
+        );
+        for first in [Some(0), None] {
+            let seqs = [first, Some(1), Some(2)];
+            for size in [1, 6, 4096] {
+                let m = Metrics::default();
+                let mut f = filter(&m, None);
+                let (forwarded, error) = run(&mut f, &stream(&seqs), size);
+                assert_eq!(error, None, "frames of {size}");
+                assert_eq!(forwarded, stream(&seqs), "frames of {size}");
+                assert_eq!(f.messages, 3);
+                assert_eq!(f.last, Some(Offset::Int(2)));
+            }
+        }
+        let seqs = [Some(0), Some(1), Some(2)];
+        // Resumed after 0: the server's replay of 0 is a duplicate, not a missing offset.
+        let m = Metrics::default();
+        let mut f = filter(&m, Some(0));
+        let (forwarded, error) = run(&mut f, &stream(&seqs), 4096);
+        assert_eq!(error, None);
+        assert_eq!(forwarded, stream(&seqs[1..]));
+        assert_eq!(dropped(&m, "duplicate"), 1);
+        assert_eq!(dropped(&m, "missing_offset"), 0);
     }
 
     #[test]

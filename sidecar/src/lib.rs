@@ -10,8 +10,11 @@
 pub mod admin;
 pub mod checkpoint;
 pub mod config;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod deliver;
 pub mod descriptors;
+pub mod editions;
 pub mod events;
 pub mod filter;
 pub mod grpc;

@@ -133,12 +133,18 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
             methods
                 .iter()
                 .map(|m| format!(
-                    "\n  {} (offset {}, resume {})",
-                    m.name, m.offset_field, m.resume_field
+                    "\n  {} (offset {}, resume {})\n    {}",
+                    m.name,
+                    m.offset_field,
+                    m.resume_field,
+                    m.fields_note()
                 ))
                 .collect::<String>()
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    for m in &methods {
+        tracing::info!(method = %m.name, offset_field = %m.offset_field, resume_field = %m.resume_field, "resumable method; {}", m.fields_note());
     }
 
     let metrics = Arc::new(Metrics::default());

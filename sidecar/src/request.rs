@@ -2,8 +2,7 @@
 //! derive the job id, to read the app's own resume value and to write ours on every resume.
 
 use bytes::Bytes;
-use prost::Message as _;
-use prost_reflect::{DynamicMessage, Kind, Value};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Value};
 use sha2::{Digest, Sha256};
 
 use crate::{descriptors::ResumableMethod, offset::Offset};
@@ -18,9 +17,16 @@ pub fn to_json(msg: &DynamicMessage) -> String {
     serde_json::to_string(msg).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-/// The value the app itself put in the resume field, if not the default.
+/// The value the app itself put in the resume field. With explicit presence that is any value
+/// it set, 0 and "" included ("after 0" is not "from the start"); with implicit presence the
+/// default cannot be told from "not set", so only a value other than the default counts.
 pub fn resume_value(method: &ResumableMethod, msg: &DynamicMessage) -> Option<Offset> {
-    let (leaf, parents) = method.resume_path.split_last()?;
+    resume_value_at(&method.resume_path, msg)
+}
+
+/// `resume_value` for the field at `resume_path`.
+pub fn resume_value_at(resume_path: &[FieldDescriptor], msg: &DynamicMessage) -> Option<Offset> {
+    let (leaf, parents) = resume_path.split_last()?;
     let mut cur = msg.clone();
     for f in parents {
         if !cur.has_field(f) {
@@ -28,62 +34,154 @@ pub fn resume_value(method: &ResumableMethod, msg: &DynamicMessage) -> Option<Of
         }
         cur = cur.get_field(f).as_message()?.clone();
     }
-    if !cur.has_field(leaf) {
+    let explicit = leaf.supports_presence();
+    if explicit && !cur.has_field(leaf) {
         return None;
     }
-    match cur.get_field(leaf).as_ref() {
-        Value::I32(n) if *n != 0 => Some(Offset::Int((*n).into())),
-        Value::I64(n) if *n != 0 => Some(Offset::Int((*n).into())),
-        Value::U32(n) if *n != 0 => Some(Offset::Int((*n).into())),
-        Value::U64(n) if *n != 0 => Some(Offset::Int((*n).into())),
-        Value::String(s) if !s.is_empty() => Some(Offset::Str(Bytes::from(s.clone()))),
-        Value::Bytes(b) if !b.is_empty() => Some(Offset::Bytes(b.clone())),
-        _ => None,
-    }
+    let value = cur.get_field(leaf);
+    let offset = match value.as_ref() {
+        Value::I32(n) => Offset::Int((*n).into()),
+        Value::I64(n) => Offset::Int((*n).into()),
+        Value::U32(n) => Offset::Int((*n).into()),
+        Value::U64(n) => Offset::Int((*n).into()),
+        Value::String(s) => Offset::Str(Bytes::from(s.clone())),
+        Value::Bytes(b) => Offset::Bytes(b.clone()),
+        _ => return None,
+    };
+    let is_default = match &offset {
+        Offset::Int(n) => *n == 0,
+        Offset::Str(b) | Offset::Bytes(b) => b.is_empty(),
+    };
+    (explicit || !is_default).then_some(offset)
 }
 
-/// The request with the resume field set to `offset`, encoded; every other field unchanged.
+/// The app's request with the resume field set to `offset`: the original bytes, untouched,
+/// followed by one more occurrence of the path. A decoder merges an occurrence of a message
+/// field into what came before (so every sibling the app set, at every level, stays) and takes
+/// the last value of a scalar (so ours wins); a oneof member written last is the one set. The
+/// value is always written, 0 included, so "after 0" reaches the server with explicit presence.
 pub fn with_resume(
-    method: &ResumableMethod,
-    msg: &DynamicMessage,
+    resume_path: &[FieldDescriptor],
+    original: &[u8],
     offset: &Offset,
 ) -> Result<Bytes, String> {
-    let mut msg = msg.clone();
-    let (leaf, parents) = method.resume_path.split_last().ok_or("empty resume path")?;
-    let mut cur = &mut msg;
-    for f in parents {
-        cur = match cur.get_field_mut(f) {
-            Value::Message(m) => m,
-            _ => return Err(format!("{} is not a message", f.full_name())),
-        };
-    }
-    let value = leaf_value(leaf.kind(), offset).ok_or_else(|| {
+    let (leaf, parents) = resume_path.split_last().ok_or("empty resume path")?;
+    let mut field = Vec::with_capacity(16);
+    wire::scalar(leaf.number(), leaf.kind(), offset, &mut field).ok_or_else(|| {
         format!(
             "offset {offset} does not fit the resume field {} ({:?})",
-            method.resume_field,
+            leaf.full_name(),
             leaf.kind()
         )
     })?;
-    cur.set_field(leaf, value);
-    Ok(msg.encode_to_vec().into())
+    for parent in parents.iter().rev() {
+        let mut outer = Vec::with_capacity(field.len() + 12);
+        if parent.is_group() {
+            wire::key(parent.number(), wire::START_GROUP, &mut outer);
+            outer.extend_from_slice(&field);
+            wire::key(parent.number(), wire::END_GROUP, &mut outer);
+        } else {
+            wire::key(parent.number(), wire::LEN, &mut outer);
+            wire::varint(field.len() as u64, &mut outer);
+            outer.extend_from_slice(&field);
+        }
+        field = outer;
+    }
+    let mut out = Vec::with_capacity(original.len() + field.len());
+    out.extend_from_slice(original);
+    out.extend_from_slice(&field);
+    Ok(out.into())
 }
 
-fn leaf_value(kind: Kind, offset: &Offset) -> Option<Value> {
-    Some(match (kind, offset) {
-        (Kind::Int32 | Kind::Sint32 | Kind::Sfixed32, Offset::Int(n)) => {
-            Value::I32(i32::try_from(*n).ok()?)
+/// Writing protobuf's wire format, for the one field a resume appends.
+mod wire {
+    use prost_reflect::Kind;
+
+    use crate::offset::Offset;
+
+    pub const LEN: u8 = 2;
+    pub const START_GROUP: u8 = 3;
+    pub const END_GROUP: u8 = 4;
+
+    pub fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
         }
-        (Kind::Int64 | Kind::Sint64 | Kind::Sfixed64, Offset::Int(n)) => {
-            Value::I64(i64::try_from(*n).ok()?)
+        out.push(v as u8);
+    }
+
+    pub fn key(number: u32, wire: u8, out: &mut Vec<u8>) {
+        varint(u64::from(number) << 3 | u64::from(wire), out);
+    }
+
+    /// Field `number` of `kind` holding `offset`; `None` if the value does not fit the kind
+    /// (an integer out of its range, text that is not UTF-8 for a string, a mismatched kind).
+    pub fn scalar(number: u32, kind: Kind, offset: &Offset, out: &mut Vec<u8>) -> Option<()> {
+        match (kind, offset) {
+            (Kind::Int32, Offset::Int(n)) => {
+                // Negative int32 values are sign-extended to ten bytes, as every encoder does.
+                let v = i32::try_from(*n).ok()?;
+                key(number, 0, out);
+                varint(i64::from(v) as u64, out);
+            }
+            (Kind::Int64, Offset::Int(n)) => {
+                key(number, 0, out);
+                varint(i64::try_from(*n).ok()? as u64, out);
+            }
+            (Kind::Uint32, Offset::Int(n)) => {
+                key(number, 0, out);
+                varint(u64::from(u32::try_from(*n).ok()?), out);
+            }
+            (Kind::Uint64, Offset::Int(n)) => {
+                key(number, 0, out);
+                varint(u64::try_from(*n).ok()?, out);
+            }
+            (Kind::Sint32, Offset::Int(n)) => {
+                let v = i32::try_from(*n).ok()?;
+                key(number, 0, out);
+                varint(u64::from(((v << 1) ^ (v >> 31)) as u32), out);
+            }
+            (Kind::Sint64, Offset::Int(n)) => {
+                let v = i64::try_from(*n).ok()?;
+                key(number, 0, out);
+                varint(((v << 1) ^ (v >> 63)) as u64, out);
+            }
+            (Kind::Fixed32, Offset::Int(n)) => {
+                let v = u32::try_from(*n).ok()?;
+                key(number, 5, out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            (Kind::Sfixed32, Offset::Int(n)) => {
+                let v = i32::try_from(*n).ok()?;
+                key(number, 5, out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            (Kind::Fixed64, Offset::Int(n)) => {
+                let v = u64::try_from(*n).ok()?;
+                key(number, 1, out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            (Kind::Sfixed64, Offset::Int(n)) => {
+                let v = i64::try_from(*n).ok()?;
+                key(number, 1, out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            (Kind::String, Offset::Str(b) | Offset::Bytes(b)) => {
+                std::str::from_utf8(b).ok()?;
+                key(number, LEN, out);
+                varint(b.len() as u64, out);
+                out.extend_from_slice(b);
+            }
+            (Kind::Bytes, Offset::Str(b) | Offset::Bytes(b)) => {
+                key(number, LEN, out);
+                varint(b.len() as u64, out);
+                out.extend_from_slice(b);
+            }
+            _ => return None,
         }
-        (Kind::Uint32 | Kind::Fixed32, Offset::Int(n)) => Value::U32(u32::try_from(*n).ok()?),
-        (Kind::Uint64 | Kind::Fixed64, Offset::Int(n)) => Value::U64(u64::try_from(*n).ok()?),
-        (Kind::String, Offset::Str(b) | Offset::Bytes(b)) => {
-            Value::String(String::from_utf8(b.to_vec()).ok()?)
-        }
-        (Kind::Bytes, Offset::Str(b) | Offset::Bytes(b)) => Value::Bytes(b.clone()),
-        _ => return None,
-    })
+        Some(())
+    }
 }
 
 /// The job id of a call: a hash of (service, method, request with the resume field cleared) in a
@@ -187,6 +285,7 @@ mod tests {
         config::{ResumeMode, StreamConfig},
         descriptors::resolve,
     };
+    use prost::Message as _;
     use prost_reflect::{DescriptorPool, MapKey};
     use std::time::Duration;
 
@@ -196,6 +295,7 @@ mod tests {
             method: m.into(),
             offset_field: o.into(),
             resume_field: r.into(),
+            resume_inclusive: false,
             resume: ResumeMode::OnRequest,
             retry_codes: vec![14],
             max_outage: Duration::from_secs(1),
@@ -248,7 +348,8 @@ mod tests {
         let mut req = DynamicMessage::new(m.input.clone());
         req.set_field_by_name("topic", Value::String("t".into()));
         let id = job_id("s", m, &req);
-        let bytes = with_resume(m, &req, &Offset::Int(41)).expect("rewrite");
+        let bytes =
+            with_resume(&m.resume_path, &req.encode_to_vec(), &Offset::Int(41)).expect("rewrite");
         let back = decode(m, &bytes).expect("decode");
         assert_eq!(resume_value(m, &back), Some(Offset::Int(41)));
         assert_eq!(
@@ -261,8 +362,52 @@ mod tests {
             "an empty start{{}} equals an absent one"
         );
         assert!(
-            with_resume(m, &req, &Offset::Int(-1)).is_err(),
+            with_resume(&m.resume_path, &req.encode_to_vec(), &Offset::Int(-1)).is_err(),
             "u64 cannot hold -1"
         );
+    }
+
+    #[test]
+    fn the_rewrite_keeps_siblings_in_the_resume_message_and_writes_an_explicit_zero() {
+        let schema = crate::conformance::schema::Schema::new();
+        let root = schema
+            .pool
+            .get_message_by_name("conformance.v3.Root")
+            .expect("root");
+        let path = |p: &str| crate::descriptors::field_path(&root, p, "test").expect("path");
+        // The app's request: key { implicit_string: "x", opt_int64: 5 }, pad in mid.
+        let mut req = DynamicMessage::new(root.clone());
+        let key = req.get_field_by_name_mut("key").and_then(|v| {
+            v.as_message_mut().map(|m| {
+                m.set_field_by_name("implicit_string", Value::String("x".into()));
+                m.set_field_by_name("opt_int64", Value::I64(5));
+            })
+        });
+        assert!(key.is_some());
+        let original = req.encode_to_vec();
+        let explicit = path("key.opt_int64");
+        assert_eq!(resume_value_at(&explicit, &req), Some(Offset::Int(5)));
+        let out = with_resume(&explicit, &original, &Offset::Int(0)).expect("rewrite");
+        assert!(
+            out.starts_with(&original),
+            "the app's bytes stay as they were"
+        );
+        let back = DynamicMessage::decode(root.clone(), out.as_ref()).expect("decode");
+        let key = back.get_field_by_name("key").expect("key");
+        let key = key.as_message().expect("message");
+        assert_eq!(
+            key.get_field_by_name("implicit_string").as_deref(),
+            Some(&Value::String("x".into()))
+        );
+        assert!(
+            key.has_field_by_name("opt_int64"),
+            "after 0 is written, not dropped"
+        );
+        assert_eq!(resume_value_at(&explicit, &back), Some(Offset::Int(0)));
+        // With implicit presence 0 cannot be told from "not set".
+        let implicit = path("key.implicit_int64");
+        let out = with_resume(&implicit, &original, &Offset::Int(0)).expect("rewrite");
+        let back = DynamicMessage::decode(root, out.as_ref()).expect("decode");
+        assert_eq!(resume_value_at(&implicit, &back), None);
     }
 }

@@ -19,7 +19,6 @@ use flate2::read::GzDecoder;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use prost_reflect::DynamicMessage;
 use reprise_jobs::{Claim, Finish, JobStatus, NewJob, Owner};
 use tokio::{sync::oneshot, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -144,6 +143,8 @@ pub(crate) struct Claimed {
     pub backend: Backend,
     pub last: Option<Offset>,
     pub messages: u64,
+    /// `last` is not what the store holds (the app's own resume value moved it): write it.
+    pub moved: bool,
 }
 
 pub(crate) struct Task {
@@ -152,7 +153,6 @@ pub(crate) struct Task {
     job_id: String,
     fence: u64,
     backend: Backend,
-    request: DynamicMessage,
     /// The request message exactly as the app sent it (decompressed).
     original: Bytes,
     headers: HeaderMap,
@@ -335,11 +335,10 @@ impl Task {
                         previous_status,
                     },
                 ) => {
-                    let stored = offset.and_then(|text| {
-                    Offset::parse(method.offset.leaf, &text)
+                    let stored = Offset::from_stored(method.offset.leaf, offset.as_deref(), messages)
                         .map_err(|e| tracing::warn!(job.id = %job_id, error = %e, "ignoring unreadable stored offset"))
                         .ok()
-                });
+                        .flatten();
                     tracing::info!(
                         job.id = %job_id,
                         from = %previous_status.as_str(),
@@ -351,8 +350,18 @@ impl Task {
             }
         };
         let (stored, messages) = stored.unwrap_or((None, 0));
-        // The app's own resume value counts too: it already holds everything up to it.
-        let last = std::cmp::max(stored, request::resume_value(&method, &request));
+        // The app's own resume value counts too: it already holds everything up to it ("after
+        // v"; with an inclusive resume field, everything before it). Where it moves the start,
+        // it is written as the job's offset at the first checkpoint.
+        let own = request::resume_value(&method, &request).and_then(|v| {
+            if method.resume_inclusive {
+                v.predecessor()
+            } else {
+                Some(v)
+            }
+        });
+        let last = std::cmp::max(stored.clone(), own);
+        let moved = last != stored;
 
         Ok(Task::new(
             ctx,
@@ -363,8 +372,8 @@ impl Task {
                 backend,
                 last,
                 messages,
+                moved,
             },
-            request,
             original,
             parts.headers,
             deadline,
@@ -379,7 +388,6 @@ impl Task {
         ctx: Arc<StreamCtx>,
         method: Arc<ResumableMethod>,
         claimed: Claimed,
-        request: DynamicMessage,
         original: Bytes,
         headers: HeaderMap,
         deadline: Option<Instant>,
@@ -391,6 +399,7 @@ impl Task {
             backend,
             last,
             messages,
+            moved,
         } = claimed;
         let (head_tx, head_rx) = oneshot::channel();
         let done = CancellationToken::new();
@@ -407,6 +416,9 @@ impl Task {
         let slot =
             ctx.checkpointer
                 .register(job_id.clone(), fence, backend, last.clone(), messages);
+        if moved {
+            slot.slot.record(last.as_ref(), messages);
+        }
         if let Some(ack) = &ack {
             ack.attach(slot.slot.clone(), last.clone(), messages);
         }
@@ -427,7 +439,6 @@ impl Task {
                 job_id,
                 fence,
                 backend,
-                request,
                 original,
                 headers,
                 deadline,
@@ -536,7 +547,7 @@ impl Task {
     /// One upstream call, from request to the end of its body.
     async fn attempt(&mut self) -> Step {
         let message = match &self.pipe.position().0 {
-            Some(o) => match request::with_resume(&self.method, &self.request, o) {
+            Some(o) => match request::with_resume(&self.method.resume_path, &self.original, o) {
                 Ok(b) => b,
                 Err(error) => return Step::Done(Outcome::Failed { error }),
             },

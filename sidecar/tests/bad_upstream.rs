@@ -37,17 +37,18 @@ fn out_of_order_messages_are_dropped_and_counted_never_silently() {
 fn a_message_without_its_offset_fails_the_job_with_a_clear_status() {
     let w = World::new();
     let _server = w.server(&[]);
-    // With payload_bytes 0 the payload field is absent from every event.
+    // `settled_at` is a proto3 `optional` (explicit presence) the demo server never sets: not
+    // set means no offset. (An implicit field would read as its default instead.)
     let streams = format!(
-        "  - method: {EVENTS_METHOD}\n    offset_field: payload\n    resume_field: topic\n"
+        "  - method: {LEDGER_METHOD}\n    offset_field: settled_at\n    resume_field: first\n"
     );
     let _sidecar = w.sidecar(&w.config_with_streams(true, &streams, ""));
-    let (status, summary) = w.client(&["events", "--count", "10", "--payload-bytes", "0"]);
+    let (status, summary) = w.client(&["ledger", "--count", "10"]);
     assert!(!status.success());
     assert_eq!(summary["status"], "INTERNAL", "{summary}");
     assert_eq!(summary["received"], 0);
     let message = summary["message"].as_str().unwrap_or_default().to_owned();
-    assert!(message.contains("no offset field payload"), "{message}");
+    assert!(message.contains("no offset field settled_at"), "{message}");
     let ids = w.job_ids();
     assert_eq!(ids.len(), 1);
     assert!(
@@ -57,11 +58,44 @@ fn a_message_without_its_offset_fails_the_job_with_a_clear_status() {
     assert_eq!(w.job_field(&ids[0], "status").as_deref(), Some("failed"));
     let last_error = w.job_field(&ids[0], "last_error").unwrap_or_default();
     assert!(
-        last_error.contains("no offset field payload"),
+        last_error.contains("no offset field settled_at"),
         "{last_error}"
     );
     assert_eq!(
         w.metric("reprise_messages_dropped_total", &["missing_offset"]),
         1.0
+    );
+}
+
+#[test]
+fn an_absent_implicit_offset_is_its_default_not_a_missing_one() {
+    // The same stream keyed by `payload` (proto3 bytes, implicit presence): with no payload
+    // every event's offset is the empty default, so only the first is above nothing; the rest
+    // repeat it and are dropped as out of order, counted, and the call completes.
+    let w = World::new();
+    let _server = w.server(&[]);
+    let streams = format!(
+        "  - method: {EVENTS_METHOD}\n    offset_field: payload\n    resume_field: topic\n"
+    );
+    let _sidecar = w.sidecar(&w.config_with_streams(true, &streams, ""));
+    // An empty topic: the app sets no resume value of its own (a topic would be one).
+    let (_, summary) = w.client(&[
+        "events",
+        "--count",
+        "10",
+        "--payload-bytes",
+        "0",
+        "--topic",
+        "",
+    ]);
+    assert_eq!(summary["status"], "OK", "{summary}");
+    assert_eq!(summary["received"], 1, "{summary}");
+    assert_eq!(
+        w.metric("reprise_messages_dropped_total", &["out_of_order"]),
+        9.0
+    );
+    assert_eq!(
+        w.metric("reprise_messages_dropped_total", &["missing_offset"]),
+        0.0
     );
 }

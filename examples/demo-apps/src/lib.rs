@@ -1,11 +1,15 @@
-//! The demo apps that Reprise's tests and demo drive: a user and event server with fault flags,
-//! and a client that checks every message of a stream arrived exactly once and in order.
+//! The demo apps that Reprise's tests and demo drive: a server (users, events, a signed
+//! ledger and the talk's own `pb.Server`) with fault flags, and a client that checks every
+//! message of a stream arrived exactly once and in order.
 //!
-//! The data is deterministic ([`users::demo_users`], [`events::PayloadPattern`]), so a client
-//! computes on its own what a correct stream must contain.
+//! The data is deterministic ([`users::demo_users`], [`events::PayloadPattern`],
+//! [`ledger::note`], [`seed::data`]), so a client computes on its own what a correct stream
+//! must contain.
 
 pub mod client;
 pub mod events;
+pub mod ledger;
+pub mod seed;
 pub mod server;
 pub mod users;
 

@@ -5,7 +5,9 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use reprise_demo::client::{self, ChatOptions, EventsOptions, UsersOptions};
+use reprise_demo::client::{
+    self, ChatOptions, DataOptions, EventsOptions, LedgerOptions, UsersOptions,
+};
 use reprise_demo::server::Config;
 use reprise_demo::users::{demo_users, expected_user_ids};
 use support::{InProcess, connect};
@@ -194,6 +196,189 @@ async fn events_arrive_exactly_with_payload_and_topic() {
     assert_eq!(summary.status, "INVALID_ARGUMENT");
 }
 
+fn data(expect: u32, offset: i32) -> DataOptions {
+    DataOptions {
+        expect,
+        offset,
+        ..DataOptions::default()
+    }
+}
+
+fn ledger(first: i64, count: u64, after: Option<i64>) -> LedgerOptions {
+    LedgerOptions {
+        first,
+        count,
+        after,
+        ..LedgerOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn get_data_counts_from_zero_and_offset_is_inclusive() {
+    let server = InProcess::start(Config {
+        data: 300,
+        ..config(0)
+    })
+    .await;
+    let conn = server.conn();
+    let all = client::get_data(&conn, &data(300, 0))
+        .await
+        .expect("summary");
+    assert!(all.ok, "{all:?}");
+    assert_eq!(all.received, 300);
+    assert_eq!((all.first.as_str(), all.last.as_str()), ("0", "299"));
+
+    // "From this Value, inclusive": Offset 120 starts at 120 itself.
+    let from = client::get_data(&conn, &data(300, 120))
+        .await
+        .expect("summary");
+    assert!(from.ok, "{from:?}");
+    assert_eq!(from.received, 180);
+    assert_eq!(from.first, "120");
+
+    let negative = client::get_data(&conn, &data(300, -5))
+        .await
+        .expect("summary");
+    assert!(negative.ok, "{negative:?}");
+    assert_eq!((negative.received, negative.first.as_str()), (300, "0"));
+
+    let past_the_end = client::get_data(&conn, &data(300, 300))
+        .await
+        .expect("summary");
+    assert!(past_the_end.ok, "{past_the_end:?}");
+    assert_eq!(past_the_end.received, 0);
+
+    // The check is not vacuous: against the wrong total it fails both ways.
+    let short = client::get_data(&conn, &data(299, 0))
+        .await
+        .expect("summary");
+    assert_eq!((short.ok, short.unexpected), (false, 1));
+    let long = client::get_data(&conn, &data(301, 0))
+        .await
+        .expect("summary");
+    assert_eq!((long.ok, long.missing), (false, 1));
+}
+
+#[tokio::test]
+async fn ledger_crosses_zero_and_after_position_is_strictly_after_when_set() {
+    let server = InProcess::start(config(0)).await;
+    let conn = server.conn();
+    let all = client::stream_entries(&conn, &ledger(-1000, 2001, None))
+        .await
+        .expect("summary");
+    assert!(all.ok, "{all:?}");
+    assert_eq!(all.received, 2001);
+    assert_eq!((all.first.as_str(), all.last.as_str()), ("-1000", "1000"));
+
+    // Set to 0, the field is on the wire: strictly after 0, not from `first`.
+    let after_zero = client::stream_entries(&conn, &ledger(-1000, 2001, Some(0)))
+        .await
+        .expect("summary");
+    assert!(after_zero.ok, "{after_zero:?}");
+    assert_eq!(after_zero.received, 1000);
+    assert_eq!(
+        (after_zero.first.as_str(), after_zero.last.as_str()),
+        ("1", "1000")
+    );
+
+    let after_minus_one = client::stream_entries(&conn, &ledger(-1000, 2001, Some(-1)))
+        .await
+        .expect("summary");
+    assert!(after_minus_one.ok, "{after_minus_one:?}");
+    assert_eq!(
+        (after_minus_one.received, after_minus_one.first.as_str()),
+        (1001, "0")
+    );
+
+    // Before the ledger's start, or past its end.
+    let before = client::stream_entries(&conn, &ledger(-1000, 2001, Some(-5000)))
+        .await
+        .expect("summary");
+    assert_eq!((before.ok, before.received), (true, 2001));
+    let past = client::stream_entries(&conn, &ledger(-1000, 2001, Some(1000)))
+        .await
+        .expect("summary");
+    assert_eq!((past.ok, past.received), (true, 0));
+
+    // Entirely negative, and a ledger that does not fit a sint64.
+    let negative = client::stream_entries(&conn, &ledger(-50, 20, Some(-40)))
+        .await
+        .expect("summary");
+    assert!(negative.ok, "{negative:?}");
+    assert_eq!(
+        (negative.first.as_str(), negative.last.as_str()),
+        ("-39", "-31")
+    );
+    let too_far = client::stream_entries(&conn, &ledger(i64::MAX, 2, None))
+        .await
+        .expect("summary");
+    assert_eq!(too_far.status, "INVALID_ARGUMENT");
+    assert!(
+        too_far.ok,
+        "the refusal is what a correct server does: {too_far:?}"
+    );
+}
+
+#[tokio::test]
+async fn inclusive_ledger_resends_the_resume_position_even_at_zero() {
+    let server = InProcess::start(Config {
+        inclusive: true,
+        ..config(0)
+    })
+    .await;
+    let summary = client::stream_entries(&server.conn(), &ledger(-10, 21, Some(0)))
+        .await
+        .expect("summary");
+    assert_eq!(summary.first, "0");
+    assert_eq!((summary.received, summary.unexpected), (11, 1));
+}
+
+#[tokio::test]
+async fn faults_apply_to_get_data_and_the_ledger() {
+    let server = InProcess::start(Config {
+        data: 100,
+        unavailable_after: Some(40),
+        ..config(0)
+    })
+    .await;
+    let conn = server.conn();
+    let cut = client::get_data(&conn, &data(100, 0))
+        .await
+        .expect("summary");
+    assert_eq!(cut.status, "UNAVAILABLE", "{cut:?}");
+    assert_eq!(cut.message, "injected fault after 40 messages");
+    assert_eq!((cut.first.as_str(), cut.last.as_str()), ("0", "39"));
+    assert_eq!((cut.received, cut.missing), (40, 60));
+    // An inclusive resume at the last Value: 39 again, then the rest, cut after 40 more.
+    let resumed = client::get_data(&conn, &data(100, 39))
+        .await
+        .expect("summary");
+    assert_eq!(resumed.status, "UNAVAILABLE", "{resumed:?}");
+    assert_eq!(
+        (resumed.first.as_str(), resumed.last.as_str()),
+        ("39", "78")
+    );
+    let tail = client::get_data(&conn, &data(100, 78))
+        .await
+        .expect("summary");
+    assert!(tail.ok, "{tail:?}");
+
+    // The first attempt ends right after position 0: what the sidecar's tests resume from.
+    let cut = client::stream_entries(&conn, &ledger(-40, 100, None))
+        .await
+        .expect("summary");
+    assert_eq!(cut.status, "UNAVAILABLE", "{cut:?}");
+    assert_eq!((cut.first.as_str(), cut.last.as_str()), ("-40", "-1"));
+    let cut = client::stream_entries(&conn, &ledger(-39, 100, None))
+        .await
+        .expect("summary");
+    assert_eq!(cut.last, "0");
+    let resumed = client::stream_entries(&conn, &ledger(-39, 100, Some(0)))
+        .await
+        .expect("summary");
+    assert_eq!((resumed.first.as_str(), resumed.last.as_str()), ("1", "40"));
+}
+
 #[tokio::test]
 async fn echo_metadata_come_back_in_headers_and_error_trailers() {
     let server = InProcess::start(config(10)).await;
@@ -307,17 +492,25 @@ async fn health_and_reflection_are_served() {
 
     let server = InProcess::start(config(1)).await;
     let channel = server.conn().channel();
-    let health = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest {
-            service: "demo.v1.UserService".into(),
-        })
-        .await
-        .expect("health check")
-        .into_inner();
-    assert_eq!(
-        health.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    for service in [
+        "demo.v1.UserService",
+        "demo.v1.EventService",
+        "demo.v1.LedgerService",
+        "pb.Server",
+    ] {
+        let health = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(
+            health.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service}"
+        );
+    }
 
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -340,6 +533,8 @@ async fn health_and_reflection_are_served() {
     for name in [
         "demo.v1.UserService",
         "demo.v1.EventService",
+        "demo.v1.LedgerService",
+        "pb.Server",
         "grpc.health.v1.Health",
     ] {
         assert!(names.contains(name), "{name} missing from {names:?}");

@@ -3,7 +3,7 @@
 
 mod support;
 
-use reprise_demo::client::{self, UsersOptions};
+use reprise_demo::client::{self, DataOptions, UsersOptions};
 use reprise_demo::server::EXIT_AFTER_CODE;
 use support::{ServerProcess, connect};
 
@@ -15,6 +15,25 @@ async fn exit_after_crashes_the_process_mid_stream() {
         ..UsersOptions::default()
     };
     let summary = client::list_users(&connect(server.addr, &[]), &opts)
+        .await
+        .expect("summary");
+    assert_ne!(summary.status, "OK", "{summary:?}");
+    assert!(summary.received <= 1200, "{summary:?}");
+    assert_eq!(
+        summary.duplicates + summary.out_of_order + summary.unexpected,
+        0
+    );
+    assert_eq!(server.wait().code(), Some(EXIT_AFTER_CODE));
+}
+
+#[tokio::test]
+async fn exit_after_crashes_get_data_too() {
+    let mut server = ServerProcess::start(&["--data", "5000", "--exit-after", "1200"]);
+    let opts = DataOptions {
+        expect: 5000,
+        ..DataOptions::default()
+    };
+    let summary = client::get_data(&connect(server.addr, &[]), &opts)
         .await
         .expect("summary");
     assert_ne!(summary.status, "OK", "{summary:?}");

@@ -12,6 +12,10 @@ use std::{
 
 pub const USERS_METHOD: &str = "demo.v1.UserService/ListUsers";
 pub const EVENTS_METHOD: &str = "demo.v1.EventService/StreamEvents";
+/// The conference talk's own interface: int32 `Value` from 0, inclusive `Offset`.
+pub const DATA_METHOD: &str = "pb.Server/GetData";
+/// Signed positions, resumed through the proto3 `optional` `after_position`.
+pub const LEDGER_METHOD: &str = "demo.v1.LedgerService/StreamEntries";
 
 /// A built binary of the workspace (the test binary lives in target/<profile>/deps).
 pub fn bin(name: &str) -> PathBuf {
@@ -344,6 +348,13 @@ impl World {
     pub fn demo_streams() -> String {
         format!(
             "  - method: {USERS_METHOD}\n    offset_field: user_id\n    resume_field: after_user_id\n  - method: /{EVENTS_METHOD}\n    offset_field: cursor.seq\n    resume_field: start.after_seq\n"
+        )
+    }
+
+    /// The talk's GetData and the signed ledger as resumable `streams:` entries.
+    pub fn seed_streams() -> String {
+        format!(
+            "  - method: {DATA_METHOD}\n    offset_field: Value\n    resume_field: Offset\n    resume_inclusive: true\n  - method: {LEDGER_METHOD}\n    offset_field: position\n    resume_field: after_position\n"
         )
     }
 

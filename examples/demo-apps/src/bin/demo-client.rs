@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use reprise_demo::client::{
-    self, ChatOptions, Connection, EventsOptions, UsersOptions, parse_key_value,
+    self, ChatOptions, Connection, DataOptions, EventsOptions, LedgerOptions, UsersOptions,
+    parse_key_value,
 };
 
 #[derive(Debug, Parser)]
@@ -72,6 +73,51 @@ enum Command {
         /// Sleep this many microseconds after every message (a slow consumer).
         #[arg(long, value_name = "N", default_value_t = 0)]
         slow_us: u64,
+    },
+    /// pb.Server/GetData (the talk's interface): check Values are exactly OFFSET..N-1 (from
+    /// --offset, inclusive), once each, in order, each with its user's UserID and Name.
+    Data {
+        /// The server's --data N: Values 0..N-1 exist.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        expect: u32,
+        /// DataRequest.Offset: from this Value, inclusive (0 = from the start).
+        #[arg(
+            long,
+            value_name = "K",
+            default_value_t = 0,
+            allow_negative_numbers = true
+        )]
+        offset: i32,
+        /// Sleep this many microseconds after every message (a slow consumer).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        slow_us: u64,
+        /// Append every received Value to FILE, one line per message as it arrives.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+    },
+    /// demo.v1.LedgerService/StreamEntries: check positions are exactly FIRST..FIRST+COUNT-1
+    /// (strictly after --after when given), once each, in order, each with its note.
+    Ledger {
+        /// The ledger's first position (may be negative).
+        #[arg(
+            long,
+            value_name = "F",
+            default_value_t = 0,
+            allow_negative_numbers = true
+        )]
+        first: i64,
+        /// The ledger's length.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        count: u64,
+        /// Send after_position P (explicit presence: 0 is sent too); absent: not sent.
+        #[arg(long, value_name = "P", allow_negative_numbers = true)]
+        after: Option<i64>,
+        /// Sleep this many microseconds after every message (a slow consumer).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        slow_us: u64,
+        /// Append every received position to FILE, one line per message as it arrives.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
     },
     /// GetUser: print the user, or the status with its details and metadata.
     Get {
@@ -143,6 +189,48 @@ async fn main() -> ExitCode {
             };
             let summary = client::stream_events(&conn, &opts).await;
             (summary.to_json(), summary.ok)
+        }
+        Command::Data {
+            expect,
+            offset,
+            slow_us,
+            record,
+        } => {
+            let opts = DataOptions {
+                expect,
+                offset,
+                slow: Duration::from_micros(slow_us),
+                record,
+            };
+            match client::get_data(&conn, &opts).await {
+                Ok(summary) => (summary.to_json(), summary.ok),
+                Err(e) => {
+                    eprintln!("demo-client: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Command::Ledger {
+            first,
+            count,
+            after,
+            slow_us,
+            record,
+        } => {
+            let opts = LedgerOptions {
+                first,
+                count,
+                after,
+                slow: Duration::from_micros(slow_us),
+                record,
+            };
+            match client::stream_entries(&conn, &opts).await {
+                Ok(summary) => (summary.to_json(), summary.ok),
+                Err(e) => {
+                    eprintln!("demo-client: {e}");
+                    return ExitCode::from(2);
+                }
+            }
         }
         Command::Get { id } => {
             let report = client::get_user(&conn, &id).await;

@@ -14,24 +14,30 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// Serves demo.v1.UserService and demo.v1.EventService (plus gRPC health and reflection) over
-/// h2c, with flags that inject the faults Reprise must survive.
+/// Serves demo.v1.UserService, demo.v1.EventService, demo.v1.LedgerService and the talk's
+/// pb.Server (plus gRPC health and reflection) over h2c, with flags that inject the faults
+/// Reprise must survive.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
     /// Address to listen on; the bound address is printed as `listening on ADDR`.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Write the demo.v1 FileDescriptorSet to FILE and exit.
+    /// Write the demo's FileDescriptorSet (demo.v1 and pb) to FILE and exit.
     #[arg(long, value_name = "FILE")]
     write_descriptors: Option<PathBuf>,
     /// Number of users in the mocked database.
     #[arg(long, default_value_t = 10_000)]
     users: usize,
+    /// Messages of pb.Server/GetData: Values 0 .. N-1.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(..=i64::from(i32::MAX)))]
+    data: u32,
     /// Sleep this many microseconds before every streamed message.
     #[arg(long, value_name = "N", default_value_t = 0)]
     delay_us: u64,
-    /// Treat after_user_id / start.after_seq as "from, inclusive".
+    /// Treat after_user_id / start.after_seq / after_position as "from, inclusive" (GetData's
+    /// Offset is inclusive anyway).
     #[arg(long)]
     inclusive: bool,
     /// Exit abruptly (code 3, no shutdown) once N streamed messages were sent in total.
@@ -74,6 +80,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let config = Config {
         users: args.users,
+        data: args.data,
         delay: Duration::from_micros(args.delay_us),
         inclusive: args.inclusive,
         exit_after: args.exit_after,
@@ -87,7 +94,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
-    info!(users = config.users, ?config.exit_after, ?config.unavailable_after, "serving");
+    info!(
+        users = config.users,
+        data = config.data,
+        ?config.exit_after,
+        ?config.unavailable_after,
+        "serving"
+    );
     // Scripts wait for this line; print it only once the port accepts connections.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {local}")?;

@@ -2,13 +2,18 @@
 //! it is exactly what a correct server (or a correct sidecar in front of one) must send.
 
 mod chat;
+mod data;
 mod events;
 mod get;
+mod ledger;
+mod range;
 mod summary;
 mod users;
 
 use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
@@ -16,8 +21,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 pub use chat::{ChatOptions, chat};
+pub use data::{DataOptions, get_data};
 pub use events::{EventsOptions, stream_events};
 pub use get::{GetReport, get_user};
+pub use ledger::{LedgerOptions, stream_entries};
 pub use summary::Summary;
 pub use users::{UsersOptions, list_users};
 
@@ -108,6 +115,22 @@ impl Connection {
                 .unwrap_or_else(|_| Err(Status::deadline_exceeded("client deadline exceeded"))),
         }
     }
+}
+
+/// Opens a `--record` file for appending, if one is asked for.
+pub(crate) fn open_record(path: Option<&PathBuf>) -> Result<Option<File>, ClientError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(Some)
+        .map_err(|source| ClientError::Record {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Parses `key=value`.

@@ -16,7 +16,8 @@ use super::{code_name, metadata_json};
 /// - `missing` / `unexpected`: expected keys that never arrived / keys that should not have
 ///   (users: without `--expect-users` only ids not after `--after` count as unexpected).
 /// - `corrupt`: messages whose content is wrong for their key (users: role filter, and the
-///   full record with `--expect-users`; events: topic and payload; chat: echo text).
+///   full record with `--expect-users`; events: topic and payload; chat: echo text; data:
+///   UserID and Name of the Value; ledger: the note of the position).
 /// - `status` / `message`: how the call ended (`OK` or a gRPC code name such as `UNAVAILABLE`).
 /// - `headers` / `trailers`: the response metadata (binary values as hex).
 /// - `ok`: the call ended with the expected status and every count above is 0.

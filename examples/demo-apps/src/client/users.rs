@@ -1,7 +1,7 @@
 //! `users`: ListUsers, checked for order, duplicates and (with `--expect-users`) exactness.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use reprise_proto::demo::v1::user_service_client::UserServiceClient;
 use reprise_proto::demo::v1::{ListUsersRequest, User};
 use tonic::{Code, Status};
 
-use super::{ClientError, Connection, Summary};
+use super::{ClientError, Connection, Summary, open_record};
 use crate::users::{demo_users, expected_user_ids};
 
 #[derive(Debug, Clone, Default)]
@@ -104,19 +104,7 @@ impl Check {
 /// Streams ListUsers and judges what arrived. Fails only on local problems (the record file);
 /// every gRPC outcome is in the summary.
 pub async fn list_users(conn: &Connection, opts: &UsersOptions) -> Result<Summary, ClientError> {
-    let record = match &opts.record {
-        Some(path) => Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| ClientError::Record {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-        ),
-        None => None,
-    };
+    let record = open_record(opts.record.as_ref())?;
     let expectation = opts.expect_users.map(|n| {
         let db = demo_users(n);
         let ids = expected_user_ids(&db, &opts.role, &opts.after, opts.limit, &opts.skip);

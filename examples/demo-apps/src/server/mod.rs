@@ -1,8 +1,11 @@
-//! The demo server: `demo.v1.UserService` and `demo.v1.EventService` over h2c, with gRPC
-//! health and server reflection, and the fault flags the tests use to break streams.
+//! The demo server: `demo.v1.UserService`, `demo.v1.EventService`, `demo.v1.LedgerService`
+//! and the talk's `pb.Server` over h2c, with gRPC health and server reflection, and the fault
+//! flags the tests use to break streams.
 
 mod echo;
 mod events;
+mod ledger;
+mod seed;
 mod stream;
 mod users;
 
@@ -12,7 +15,9 @@ use std::time::Duration;
 
 use reprise_proto::DEMO_DESCRIPTOR_SET;
 use reprise_proto::demo::v1::event_service_server::EventServiceServer;
+use reprise_proto::demo::v1::ledger_service_server::LedgerServiceServer;
 use reprise_proto::demo::v1::user_service_server::UserServiceServer;
+use reprise_proto::pb::server_server::ServerServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -30,9 +35,12 @@ use crate::users::demo_users;
 pub struct Config {
     /// Size of the mocked user database.
     pub users: usize,
+    /// Messages of `pb.Server/GetData`: Values `0 .. data`.
+    pub data: u32,
     /// Pause before every streamed message.
     pub delay: Duration,
-    /// Resume fields mean "from, inclusive" instead of "strictly after".
+    /// Resume fields mean "from, inclusive" instead of "strictly after" (`GetData`'s `Offset`
+    /// is inclusive anyway).
     pub inclusive: bool,
     /// Crash the process (exit code [`EXIT_AFTER_CODE`]) once this many streamed messages
     /// were produced in total.
@@ -71,7 +79,9 @@ pub async fn serve(
         config.panic_on,
         Arc::clone(&streams),
     );
-    let event_api = events::EventApi::new(config.inclusive, streams);
+    let event_api = events::EventApi::new(config.inclusive, Arc::clone(&streams));
+    let ledger_api = ledger::LedgerApi::new(config.inclusive, Arc::clone(&streams));
+    let seed_api = seed::SeedApi::new(config.data, streams);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -80,6 +90,10 @@ pub async fn serve(
     health
         .set_serving::<EventServiceServer<events::EventApi>>()
         .await;
+    health
+        .set_serving::<LedgerServiceServer<ledger::LedgerApi>>()
+        .await;
+    health.set_serving::<ServerServer<seed::SeedApi>>().await;
 
     // grpcurl and the sidecar's `descriptors: reflection` ask either version.
     let reflection = || {
@@ -102,6 +116,12 @@ pub async fn serve(
         health
             .set_not_serving::<EventServiceServer<events::EventApi>>()
             .await;
+        health
+            .set_not_serving::<LedgerServiceServer<ledger::LedgerApi>>()
+            .await;
+        health
+            .set_not_serving::<ServerServer<seed::SeedApi>>()
+            .await;
     };
 
     // Small messages one at a time (chat, paced streams) must not wait for Nagle.
@@ -109,6 +129,8 @@ pub async fn serve(
     Server::builder()
         .add_service(UserServiceServer::new(user_api))
         .add_service(EventServiceServer::new(event_api))
+        .add_service(LedgerServiceServer::new(ledger_api))
+        .add_service(ServerServer::new(seed_api))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
