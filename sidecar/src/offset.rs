@@ -292,7 +292,8 @@ pub fn extract(msg: &Bytes, path: &OffsetPath) -> Result<Option<Offset>, WireErr
 }
 
 /// How deep messages and groups may nest, counted as prost counts it: a decoder rejects a
-/// message nested deeper, so the walk does too (and its recursion stays bounded).
+/// message nested deeper. The walk rejects groups nested deeper (so its recursion stays
+/// bounded); on a path with oneofs or groups it counts the messages along the path too.
 pub const RECURSION_LIMIT: u32 = 100;
 
 /// `extract` without taking anything out of `msg`: where the offset is. An absent leaf with

@@ -38,8 +38,17 @@ pub fn resume_value_at(resume_path: &[FieldDescriptor], msg: &DynamicMessage) ->
     if explicit && !cur.has_field(leaf) {
         return None;
     }
-    let value = cur.get_field(leaf);
-    let offset = match value.as_ref() {
+    let offset = offset_of(&cur.get_field(leaf))?;
+    let is_default = match &offset {
+        Offset::Int(n) => *n == 0,
+        Offset::Str(b) | Offset::Bytes(b) => b.is_empty(),
+    };
+    (explicit || !is_default).then_some(offset)
+}
+
+/// A decoded integer, string or bytes value as an offset.
+pub fn offset_of(value: &Value) -> Option<Offset> {
+    Some(match value {
         Value::I32(n) => Offset::Int((*n).into()),
         Value::I64(n) => Offset::Int((*n).into()),
         Value::U32(n) => Offset::Int((*n).into()),
@@ -47,12 +56,7 @@ pub fn resume_value_at(resume_path: &[FieldDescriptor], msg: &DynamicMessage) ->
         Value::String(s) => Offset::Str(Bytes::from(s.clone())),
         Value::Bytes(b) => Offset::Bytes(b.clone()),
         _ => return None,
-    };
-    let is_default = match &offset {
-        Offset::Int(n) => *n == 0,
-        Offset::Str(b) | Offset::Bytes(b) => b.is_empty(),
-    };
-    (explicit || !is_default).then_some(offset)
+    })
 }
 
 /// The app's request with the resume field set to `offset`: the original bytes, untouched,

@@ -198,3 +198,34 @@ fn resume_inclusive_is_checked_and_reported() {
         "{text}"
     );
 }
+
+#[test]
+fn descriptor_sets_that_crashed_the_descriptor_library_exit_2() {
+    // Found by fuzzing (docs/fuzzing.md): prost-reflect 0.16.5 overflowed its stack on a
+    // public import cycle (the sidecar aborted, exit 134) and panicked on an unknown syntax.
+    let w = World::new();
+    let cases: [(&[u8], &str); 2] = [
+        (
+            &[0x0a, 0x08, 0x0a, 0x01, 0x61, 0x1a, 0x01, 0x61, 0x50, 0x00],
+            "files import each other publicly in a cycle: a → a",
+        ),
+        (
+            &[0x0a, 0x03, 0x62, 0x01, 0x78],
+            "has syntax \"x\"; valid: proto2, proto3, editions",
+        ),
+    ];
+    for (i, (set, needle)) in cases.into_iter().enumerate() {
+        let path = w.path().join(format!("bad-{i}.binpb"));
+        std::fs::write(&path, set).expect("write");
+        let config = format!(
+            "descriptors: {}\nstreams:\n  - method: a.B/C\n    offset_field: x\n    resume_field: y\n",
+            path.display()
+        );
+        let (code, text) = run(&w, &config, &["--check"]);
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            text.contains("key `descriptors`") && text.contains(needle),
+            "{text}"
+        );
+    }
+}

@@ -18,17 +18,6 @@ fn assert_exact(summary: &serde_json::Value, received: u64) {
     assert_eq!(summary["missing"], 0, "client summary: {summary}");
 }
 
-/// The client's summary from its log (it prints one JSON line last).
-fn proc_summary(p: &Proc) -> serde_json::Value {
-    let log = p.log_text();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no summary in client log:\n{log}"));
-    serde_json::from_str(line).expect("summary JSON")
-}
-
 #[test]
 fn upstream_sigkilled_and_restarted_three_times_mid_stream() {
     let w = World::new();
@@ -46,7 +35,7 @@ fn upstream_sigkilled_and_restarted_three_times_mid_stream() {
         server = w.server(&server_args);
     }
     let status = client.wait_exit(LONG);
-    let summary = proc_summary(&client);
+    let summary = client.summary();
     assert!(
         status.success(),
         "client failed: {summary}\nsidecar log:\n{}",
@@ -182,7 +171,7 @@ fn outage_longer_than_max_outage_ends_the_call_and_leaves_the_job_interrupted() 
     wait_until("client progress", LONG, || lines(&record).len() >= 1000);
     server.kill9();
     client.wait_exit(LONG);
-    let summary = proc_summary(&client);
+    let summary = client.summary();
     assert_eq!(summary["status"], "UNAVAILABLE", "{summary}");
     let ids = w.job_ids();
     assert_eq!(ids.len(), 1);

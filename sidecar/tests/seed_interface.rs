@@ -16,17 +16,6 @@ use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// The client's summary from its log (it prints one JSON line last).
-fn proc_summary(p: &Proc) -> serde_json::Value {
-    let log = p.log_text();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no summary in client log:\n{log}"));
-    serde_json::from_str(line).expect("summary JSON")
-}
-
 /// The client ended exactly right: OK, every key once, in order, from `first` to `last`.
 fn assert_exact(summary: &serde_json::Value, received: u64, first: &str, last: &str) {
     assert_eq!(summary["ok"], true, "client summary: {summary}");
@@ -109,7 +98,7 @@ fn talk_get_data_from_value_zero_survives_sigkills_exactly_once() {
         kills += 1;
     }
     let status = client.wait_exit(LONG);
-    let summary = proc_summary(&client);
+    let summary = client.summary();
     assert!(
         status.success(),
         "client failed after {kills} kills: {summary}\nsidecar log:\n{}",
@@ -194,7 +183,7 @@ fn ledger_resumes_after_position_zero_through_the_optional_field() {
         server = w.server(&server_args);
     }
     let status = client.wait_exit(LONG);
-    let summary = proc_summary(&client);
+    let summary = client.summary();
     assert!(
         status.success(),
         "client failed after {} kills: {summary}\nsidecar log:\n{}",
@@ -261,7 +250,7 @@ fn the_apps_own_inclusive_offset_is_where_the_job_starts() {
         server = w.server(&server_args);
     }
     let status = client.wait_exit(LONG);
-    let summary = proc_summary(&client);
+    let summary = client.summary();
     assert!(
         status.success(),
         "{summary}\nsidecar log:\n{}",

@@ -24,6 +24,7 @@ use prost_reflect::{DynamicMessage, Kind};
 
 use crate::{
     admin::{Metrics, ReasonLabels},
+    config, descriptors,
     filter::Filter,
     grpc::Deframer,
     offset::{self, Offset},
@@ -327,6 +328,71 @@ pub fn check_filter(schema: &Schema, entropy: &[u8]) -> Result<Tally, String> {
         absent: usize::from(fails),
         ..Tally::default()
     })
+}
+
+/// The configuration parser on any input: never a panic, and an error always says something.
+/// The input is split at NUL bytes: the YAML file's text, then up to 8 `REPRISE_<KEY>`
+/// overrides (a first byte that picks the key from `config::KEYS`, or `POD_NAME` after the
+/// last one, then the value), all read as UTF-8 lossily.
+pub fn check_config(data: &[u8]) -> Result<Tally, String> {
+    let mut parts = data.split(|b| *b == 0);
+    let text = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let mut env = std::collections::BTreeMap::new();
+    for part in parts.take(8) {
+        let Some((&pick, value)) = part.split_first() else {
+            continue;
+        };
+        let pick = usize::from(pick) % (config::KEYS.len() + 1);
+        let name = match config::KEYS.get(pick) {
+            Some(key) => format!("REPRISE_{}", key.to_uppercase()),
+            None => "POD_NAME".to_owned(),
+        };
+        env.insert(name, String::from_utf8_lossy(value).into_owned());
+    }
+    match config::Config::parse(&text, &env) {
+        Ok(config) => {
+            let _ = format!("{config:?}");
+            Ok(Tally {
+                values: 1,
+                ..Tally::default()
+            })
+        }
+        Err(errors) if errors.0.is_empty() => Err("a config error without a message".into()),
+        Err(errors) => {
+            let _ = errors.to_string();
+            Ok(Tally {
+                rejected: 1,
+                ..Tally::default()
+            })
+        }
+    }
+}
+
+/// Descriptor loading on any input, through both start-up paths: as a `descriptors:` file and
+/// as one file from server reflection. An error is fine; a panic (even one the guard's
+/// `catch_unwind` turned into an error) or an abort is what this exists to catch.
+pub fn check_descriptors(data: &[u8]) -> Result<Tally, String> {
+    let mut tally = Tally::default();
+    let outcomes = [
+        descriptors::pool_from_bytes(data).map(drop),
+        descriptors::file_from_reflection(data)
+            .and_then(|file| descriptors::guard::pool(vec![file]))
+            .map(drop),
+    ];
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => tally.values += 1,
+            // Caught, but a panic all the same: the guard should have refused this first.
+            Err(e) if e.starts_with(descriptors::guard::PANICKED) => {
+                return Err(format!(
+                    "prost-reflect panicked on {}: {e}",
+                    hex::encode(data)
+                ));
+            }
+            Err(_) => tally.rejected += 1,
+        }
+    }
+    Ok(tally)
 }
 
 #[cfg(test)]

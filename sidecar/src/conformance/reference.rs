@@ -1,12 +1,11 @@
 //! What a full decoder makes of a message: `prost_reflect::DynamicMessage`, the reference the
 //! sidecar's own wire readers are held to.
 
-use bytes::Bytes;
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, MapKey, MessageDescriptor, ReflectMessage as _, Value,
 };
 
-use crate::offset::Offset;
+use crate::{offset::Offset, request};
 
 /// The offset at `path` after a full decode of `bytes`: `Err` if the decoder rejects the
 /// message, `Ok(None)` if the leaf has explicit presence and is not set. An absent message on
@@ -33,19 +32,7 @@ pub fn offset_in(msg: &DynamicMessage, path: &[FieldDescriptor]) -> Option<Offse
     if leaf.supports_presence() && !cur.has_field(leaf) {
         return None;
     }
-    to_offset(&cur.get_field(leaf))
-}
-
-fn to_offset(value: &Value) -> Option<Offset> {
-    Some(match value {
-        Value::I32(n) => Offset::Int((*n).into()),
-        Value::I64(n) => Offset::Int((*n).into()),
-        Value::U32(n) => Offset::Int((*n).into()),
-        Value::U64(n) => Offset::Int((*n).into()),
-        Value::String(s) => Offset::Str(Bytes::from(s.clone())),
-        Value::Bytes(b) => Offset::Bytes(b.clone()),
-        _ => return None,
-    })
+    request::offset_of(&cur.get_field(leaf))
 }
 
 /// `msg` with the field at `path` set to `offset` the way generated code sets it: through the

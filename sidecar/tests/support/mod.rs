@@ -134,6 +134,17 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A demo client's summary from its log (it prints one JSON line last).
+    pub fn summary(&self) -> serde_json::Value {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no summary in client log:\n{log}"));
+        serde_json::from_str(line).expect("summary JSON")
+    }
+
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;

@@ -8,7 +8,7 @@ use reprise_proto::pb::server_client::ServerClient;
 use tonic::Code;
 
 use super::range::RangeCheck;
-use super::{ClientError, Connection, Summary, open_record};
+use super::{ClientError, Connection, Summary, open_record, read_all};
 use crate::seed::{data, values};
 
 #[derive(Debug, Clone, Default)]
@@ -39,15 +39,11 @@ pub async fn get_data(conn: &Connection, opts: &DataOptions) -> Result<Summary, 
             let mut client = ServerClient::new(conn.channel());
             let response = client.get_data(conn.request(request)).await?;
             check.summary.headers(response.metadata());
-            let mut stream = response.into_inner();
-            while let Some(message) = stream.message().await? {
+            read_all(&mut response.into_inner(), opts.slow, |message| {
                 let corrupt = message != data(message.value);
-                check.observe(message.value.into(), corrupt)?;
-                if !opts.slow.is_zero() {
-                    tokio::time::sleep(opts.slow).await;
-                }
-            }
-            stream.trailers().await
+                check.observe(message.value.into(), corrupt)
+            })
+            .await
         })
         .await;
     check.summary.ended(outcome);

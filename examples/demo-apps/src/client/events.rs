@@ -6,7 +6,7 @@ use reprise_proto::demo::v1::event_service_client::EventServiceClient;
 use reprise_proto::demo::v1::{Event, Position, StreamEventsRequest};
 use tonic::Code;
 
-use super::{Connection, Summary};
+use super::{Connection, Summary, read_all};
 use crate::events::{MAX_PAYLOAD_BYTES, PayloadPattern};
 
 #[derive(Debug, Clone, Default)]
@@ -97,14 +97,11 @@ pub async fn stream_events(conn: &Connection, opts: &EventsOptions) -> Summary {
             let mut client = EventServiceClient::new(conn.channel());
             let response = client.stream_events(conn.request(request)).await?;
             check.summary.headers(response.metadata());
-            let mut stream = response.into_inner();
-            while let Some(event) = stream.message().await? {
+            read_all(&mut response.into_inner(), opts.slow, |event| {
                 check.observe(&event);
-                if !opts.slow.is_zero() {
-                    tokio::time::sleep(opts.slow).await;
-                }
-            }
-            stream.trailers().await
+                Ok(())
+            })
+            .await
         })
         .await;
     check.summary.ended(outcome);

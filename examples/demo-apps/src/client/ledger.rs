@@ -8,7 +8,7 @@ use reprise_proto::demo::v1::ledger_service_client::LedgerServiceClient;
 use tonic::Code;
 
 use super::range::RangeCheck;
-use super::{ClientError, Connection, Summary, open_record};
+use super::{ClientError, Connection, Summary, open_record, read_all};
 use crate::ledger::{note, positions};
 
 #[derive(Debug, Clone, Default)]
@@ -47,15 +47,11 @@ pub async fn stream_entries(
             let mut client = LedgerServiceClient::new(conn.channel());
             let response = client.stream_entries(conn.request(request)).await?;
             check.summary.headers(response.metadata());
-            let mut stream = response.into_inner();
-            while let Some(entry) = stream.message().await? {
+            read_all(&mut response.into_inner(), opts.slow, |entry| {
                 let corrupt = entry.note != note(entry.position);
-                check.observe(entry.position.into(), corrupt)?;
-                if !opts.slow.is_zero() {
-                    tokio::time::sleep(opts.slow).await;
-                }
-            }
-            stream.trailers().await
+                check.observe(entry.position.into(), corrupt)
+            })
+            .await
         })
         .await;
     check.summary.ended(outcome);

@@ -117,6 +117,22 @@ impl Connection {
     }
 }
 
+/// Reads a server stream to its end: each message to `each`, then a pause of `slow` (the app's
+/// own work per message, `--slow-us`); the trailers at the end.
+pub(crate) async fn read_all<T>(
+    stream: &mut tonic::Streaming<T>,
+    slow: Duration,
+    mut each: impl FnMut(T) -> Result<(), Status>,
+) -> Result<Option<MetadataMap>, Status> {
+    while let Some(message) = stream.message().await? {
+        each(message)?;
+        if !slow.is_zero() {
+            tokio::time::sleep(slow).await;
+        }
+    }
+    stream.trailers().await
+}
+
 /// Opens a `--record` file for appending, if one is asked for.
 pub(crate) fn open_record(path: Option<&PathBuf>) -> Result<Option<File>, ClientError> {
     let Some(path) = path else {

@@ -10,7 +10,7 @@ use reprise_proto::demo::v1::user_service_client::UserServiceClient;
 use reprise_proto::demo::v1::{ListUsersRequest, User};
 use tonic::{Code, Status};
 
-use super::{ClientError, Connection, Summary, open_record};
+use super::{ClientError, Connection, Summary, open_record, read_all};
 use crate::users::{demo_users, expected_user_ids};
 
 #[derive(Debug, Clone, Default)]
@@ -134,14 +134,10 @@ pub async fn list_users(conn: &Connection, opts: &UsersOptions) -> Result<Summar
             let mut client = UserServiceClient::new(conn.channel());
             let response = client.list_users(conn.request(request)).await?;
             check.summary.headers(response.metadata());
-            let mut stream = response.into_inner();
-            while let Some(user) = stream.message().await? {
-                check.observe(user)?;
-                if !opts.slow.is_zero() {
-                    tokio::time::sleep(opts.slow).await;
-                }
-            }
-            stream.trailers().await
+            read_all(&mut response.into_inner(), opts.slow, |user| {
+                check.observe(user)
+            })
+            .await
         })
         .await;
     check.summary.ended(outcome);

@@ -1,11 +1,14 @@
 //! Protobuf descriptors: loaded from a FileDescriptorSet file or fetched over gRPC server
 //! reflection, then used to resolve each configured stream into what the hot path needs.
 
+pub mod guard;
+
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use prost::Message as _;
 use prost_reflect::{
-    DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, prost_types::FileDescriptorProto,
+    DescriptorPool, FieldDescriptor, Kind, MessageDescriptor,
+    prost_types::{FileDescriptorProto, FileDescriptorSet},
 };
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
@@ -83,28 +86,28 @@ pub fn load_file(path: &Path) -> Result<DescriptorPool, String> {
             path.display()
         )
     })?;
-    let unusable = |e: String| {
+    pool_from_bytes(&bytes).map_err(|e| {
         format!(
             "key `descriptors`: {} is not a usable FileDescriptorSet ({e}); write it with `protoc --include_imports --descriptor_set_out`",
             path.display()
         )
-    };
-    // Editions files become the proto2/proto3 files prost-reflect can load (crate::editions).
-    let bytes = editions::lower_set(&bytes).map_err(unusable)?;
-    guarded(|| DescriptorPool::decode(bytes.as_ref()).map_err(|e| e.to_string())).map_err(unusable)
+    })
 }
 
-/// Runs a prost-reflect call that may panic on a malformed descriptor instead of returning an
-/// error (0.16.5 did, building its error for an editions file); a panic becomes that error.
-fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(format!("the descriptor library failed on it: {why}"))
-    })
+/// A pool from FileDescriptorSet bytes: editions files lowered to the proto2/proto3 files
+/// prost-reflect can load ([`crate::editions`]), then refused if prost-reflect would crash on
+/// them ([`guard`]).
+pub fn pool_from_bytes(bytes: &[u8]) -> Result<DescriptorPool, String> {
+    let bytes = editions::lower_set(bytes)?;
+    let set = FileDescriptorSet::decode(bytes.as_ref()).map_err(|e| e.to_string())?;
+    guard::pool(set.file)
+}
+
+/// One file as server reflection returns it, decoded. Lowered before prost-types decodes it:
+/// prost-types has no `edition` field and would drop it.
+pub fn file_from_reflection(raw: &[u8]) -> Result<FileDescriptorProto, String> {
+    let raw = editions::lower_file(raw)?;
+    FileDescriptorProto::decode(raw.as_ref()).map_err(|e| e.to_string())
 }
 
 /// Fetches the files that define `services` (and everything they import) from the upstream's
@@ -166,10 +169,7 @@ async fn fetch_once(upstream: &http::Uri, services: &[String]) -> Result<Descrip
         match reply.message_response {
             Some(MessageResponse::FileDescriptorResponse(r)) => {
                 for raw in r.file_descriptor_proto {
-                    // Lowered before prost-types decodes it: prost-types drops the edition.
-                    let raw = editions::lower_file(&raw)
-                        .map_err(|e| format!("bad descriptor from reflection: {e}"))?;
-                    let file = FileDescriptorProto::decode(raw.as_ref())
+                    let file = file_from_reflection(&raw)
                         .map_err(|e| format!("bad descriptor from reflection: {e}"))?;
                     if seen.insert(file.name().to_owned()) {
                         for dep in &file.dependency {
@@ -190,13 +190,7 @@ async fn fetch_once(upstream: &http::Uri, services: &[String]) -> Result<Descrip
             _ => return Err("unexpected reflection reply".into()),
         }
     }
-    guarded(|| {
-        let mut pool = DescriptorPool::new();
-        pool.add_file_descriptor_protos(files)
-            .map_err(|e| e.to_string())?;
-        Ok(pool)
-    })
-    .map_err(|e| format!("descriptors from reflection do not resolve: {e}"))
+    guard::pool(files).map_err(|e| format!("descriptors from reflection do not resolve: {e}"))
 }
 
 /// Resolves every configured stream; returns every problem found, each naming the key.
