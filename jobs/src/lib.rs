@@ -42,7 +42,7 @@ pub use error::{StoreError, redact_url};
 pub use events::{DecodeError, EVENT_VERSION, Event, EventKind};
 pub use keys::{DEFAULT_PREFIX, Keys};
 pub use memory::MemoryStore;
-pub use model::{Checkpoint, Claim, Finish, JobRecord, NewJob, Owner, Write};
+pub use model::{Checkpoint, Claim, Finish, JobRecord, NewJob, Owner, Restore, Write};
 pub use outbox::{Outbox, OutboxError};
 pub use publisher::{PublishError, Publisher, Sent};
 pub use record::FIELDS;

@@ -9,7 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use crate::model::duration_ms;
-use crate::{Checkpoint, Claim, Finish, JobRecord, JobStatus, JobStore, NewJob, StoreError, Write};
+use crate::{
+    Checkpoint, Claim, Finish, JobRecord, JobStatus, JobStore, NewJob, Restore, StoreError, Write,
+};
 
 /// A [`JobStore`] in a mutex-guarded map. Leases are timed by the monotonic clock; the epoch
 /// milliseconds in the records are for reading only.
@@ -56,12 +58,23 @@ impl MemoryStore {
     }
 }
 
-impl Entry {
-    /// Gives the job's owner (and only it) access: right fence, still running.
-    fn owned(&mut self, fence: u64) -> Option<&mut Self> {
-        (self.record.fence == fence && self.record.status == JobStatus::Running).then_some(self)
+/// The fence check of every owner's write (`may_write` in `lua/common.lua`): the job, if the
+/// owner holding `fence` may write it; otherwise why not. This store never loses data, so
+/// [`Write::Forgotten`] here means a job that was never claimed in it.
+fn writable<'a>(
+    jobs: &'a mut HashMap<String, Entry>,
+    job_id: &str,
+    fence: u64,
+) -> Result<&'a mut Entry, Write> {
+    match jobs.get_mut(job_id) {
+        None => Err(Write::Forgotten),
+        Some(e) if e.record.fence < fence => Err(Write::Forgotten),
+        Some(e) if e.record.fence == fence && e.record.status == JobStatus::Running => Ok(e),
+        Some(_) => Err(Write::Fenced),
     }
+}
 
+impl Entry {
     /// Runs the job under `job.owner` with `fence` and a new lease.
     fn own(&mut self, job: &NewJob, fence: u64, now: Now) {
         let r = &mut self.record;
@@ -177,15 +190,13 @@ impl JobStore for MemoryStore {
         let mut jobs = self.lock();
         Ok(cps
             .iter()
-            .map(
-                |cp| match jobs.get_mut(&cp.job_id).and_then(|e| e.owned(cp.fence)) {
-                    Some(entry) => {
-                        entry.checkpoint(cp, now);
-                        Write::Ok
-                    }
-                    None => Write::Fenced,
-                },
-            )
+            .map(|cp| match writable(&mut jobs, &cp.job_id, cp.fence) {
+                Ok(entry) => {
+                    entry.checkpoint(cp, now);
+                    Write::Ok
+                }
+                Err(refused) => refused,
+            })
             .collect())
     }
 
@@ -197,8 +208,9 @@ impl JobStore for MemoryStore {
     ) -> Result<Write, StoreError> {
         let now = Now::read();
         let mut jobs = self.lock();
-        let Some(entry) = jobs.get_mut(job_id).and_then(|e| e.owned(fence)) else {
-            return Ok(Write::Fenced);
+        let entry = match writable(&mut jobs, job_id, fence) {
+            Ok(entry) => entry,
+            Err(refused) => return Ok(refused),
         };
         let r = &mut entry.record;
         r.resumes = r.resumes.saturating_add(1);
@@ -216,8 +228,9 @@ impl JobStore for MemoryStore {
         }
         let now = Now::read();
         let mut jobs = self.lock();
-        let Some(entry) = jobs.get_mut(&f.job_id).and_then(|e| e.owned(f.fence)) else {
-            return Ok(Write::Fenced);
+        let entry = match writable(&mut jobs, &f.job_id, f.fence) {
+            Ok(entry) => entry,
+            Err(refused) => return Ok(refused),
         };
         let r = &mut entry.record;
         r.status = f.status;
@@ -232,6 +245,26 @@ impl JobStore for MemoryStore {
         r.finished_at_ms = f.status.is_terminal().then_some(now.epoch_ms);
         r.lease_expires_at_ms = None;
         entry.lease_deadline = None;
+        Ok(Write::Ok)
+    }
+
+    async fn restore(&self, r: &Restore) -> Result<Write, StoreError> {
+        let now = Now::read();
+        let mut jobs = self.lock();
+        match writable(&mut jobs, &r.job.job_id, r.fence) {
+            Ok(_) => return Ok(Write::Ok),
+            Err(Write::Fenced) => return Ok(Write::Fenced),
+            Err(_) => {}
+        }
+        let mut entry = fresh(&r.job, r.fence, now);
+        if let Some(behind) = jobs.get(&r.job.job_id) {
+            entry.record.started_at_ms = behind.record.started_at_ms;
+            entry.record.resumes = behind.record.resumes;
+        }
+        entry.record.offset = r.offset.clone().filter(|o| !o.is_empty());
+        entry.record.messages = r.messages;
+        entry.record.last_error = Some(r.note.clone()).filter(|n| !n.is_empty());
+        jobs.insert(r.job.job_id.clone(), entry);
         Ok(Write::Ok)
     }
 

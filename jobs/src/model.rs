@@ -72,14 +72,35 @@ impl Claim {
 #[must_use = "a fenced write means the job is no longer ours"]
 pub enum Write {
     Ok,
-    /// The job's fence is no longer ours, it is not running, or it is gone: nothing was written.
+    /// Someone took the job: its fence is above ours, or it left `running` under ours. Nothing
+    /// was written; the owner must stop.
     Fenced,
+    /// The store has no record of the job under our fence or a later one: its hash is gone, or
+    /// holds a fence below ours. Fences only grow and jobs are never deleted, so this is lost
+    /// data (Redis restarted empty, failed over to a replica that was behind, was flushed, or
+    /// evicted the key), never a takeover. Nothing was written; the owner, whose state is the
+    /// truth, writes the job back with [`JobStore::restore`](crate::JobStore::restore) and
+    /// goes on.
+    Forgotten,
 }
 
 impl Write {
     pub fn is_ok(self) -> bool {
         self == Write::Ok
     }
+}
+
+/// A job written back by its owner after the store forgot it ([`Write::Forgotten`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    /// The job as the owner claimed it (service, method, request, owner, lease).
+    pub job: NewJob,
+    pub fence: u64,
+    /// The last offset forwarded to the app, if any.
+    pub offset: Option<String>,
+    pub messages: u64,
+    /// Recorded as `last_error`, so an operator sees that the job was written back.
+    pub note: String,
 }
 
 /// An owner's progress report, which also renews its lease.

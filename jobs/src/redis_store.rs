@@ -12,8 +12,8 @@ use redis::{AsyncCommands, ErrorKind, ServerErrorKind};
 use crate::model::duration_ms;
 use crate::scripts::{Scripts, decode_claim, decode_take_over, flag};
 use crate::{
-    Checkpoint, Claim, Finish, JobRecord, JobStore, Keys, NewJob, StoreError, Write, record,
-    redact_url,
+    Checkpoint, Claim, Finish, JobRecord, JobStore, Keys, NewJob, Restore, StoreError, Write,
+    record, redact_url,
 };
 
 /// How long to wait for a connection, and for any reply. A store that does not answer within
@@ -261,11 +261,12 @@ impl RedisStore {
     }
 }
 
+/// A fenced script's reply (`may_write` in `lua/common.lua`).
 fn write_from(written: i64) -> Write {
-    if written == 1 {
-        Write::Ok
-    } else {
-        Write::Fenced
+    match written {
+        1 => Write::Ok,
+        2 => Write::Forgotten,
+        _ => Write::Fenced,
     }
 }
 
@@ -359,6 +360,30 @@ impl JobStore for RedisStore {
             .arg(has_error)
             .arg(error);
         self.fenced_write("finish", &invocation).await
+    }
+
+    async fn restore(&self, r: &Restore) -> Result<Write, StoreError> {
+        let (has_offset, offset) = flag(r.offset.as_deref());
+        let job = &r.job;
+        let mut invocation = self.scripts.restore.prepare_invoke();
+        invocation
+            .key(self.keys.job(&job.job_id))
+            .key(self.keys.leases())
+            .key(self.keys.pod_jobs(&job.owner.pod))
+            .arg(&job.job_id)
+            .arg(&job.service)
+            .arg(&job.method)
+            .arg(&job.request_b64)
+            .arg(&job.request_json)
+            .arg(&job.owner.pod)
+            .arg(&job.owner.instance)
+            .arg(r.fence)
+            .arg(has_offset)
+            .arg(offset)
+            .arg(r.messages)
+            .arg(duration_ms(job.lease_ttl))
+            .arg(&r.note);
+        self.fenced_write("restore", &invocation).await
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {

@@ -23,6 +23,7 @@ pub(crate) struct Scripts {
     pub finish: Script,
     pub expired_leases: Script,
     pub orphan: Script,
+    pub restore: Script,
 }
 
 impl Scripts {
@@ -34,6 +35,7 @@ impl Scripts {
             finish: script(include_str!("lua/finish.lua")),
             expired_leases: script(include_str!("lua/expired_leases.lua")),
             orphan: script(include_str!("lua/orphan.lua")),
+            restore: script(include_str!("lua/restore.lua")),
         }
     }
 }

@@ -2,13 +2,15 @@
 
 use async_trait::async_trait;
 
-use crate::{Checkpoint, Claim, Finish, JobRecord, NewJob, StoreError, Write};
+use crate::{Checkpoint, Claim, Finish, JobRecord, NewJob, Restore, StoreError, Write};
 
 /// Where jobs, their offsets and their leases live.
 ///
 /// Every write by an owner carries the fence its claim returned and goes through only while
 /// the job still runs under that fence; otherwise it returns [`Write::Fenced`] and changes
 /// nothing, so an owner that lost the job can move its offset neither backwards nor forwards.
+/// A store that lost the job (no record, or one with a lower fence) answers
+/// [`Write::Forgotten`] instead: the owner writes it back with [`JobStore::restore`].
 ///
 /// Object safe: the sidecar holds an `Arc<dyn JobStore>`.
 #[async_trait]
@@ -35,6 +37,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// Takes the job out of `running` (into `f.status`), fenced: final offset and message
     /// count, `finished_at` for completed/failed, and it leaves the pod's set and the leases.
     async fn finish(&self, f: &Finish) -> Result<Write, StoreError>;
+
+    /// Writes a forgotten job back from its owner's state: `running` under `r.fence`, with the
+    /// owner's offset and count, in its pod's set and the leases. Only when the store still
+    /// has no record under that fence or a later one; [`Write::Fenced`] if another owner's
+    /// fence is there now, [`Write::Ok`] if the job is back under ours (written now or by a
+    /// concurrent restore).
+    async fn restore(&self, r: &Restore) -> Result<Write, StoreError>;
 
     /// The job's record, or `None` if there is no such job.
     async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;

@@ -246,3 +246,63 @@ async fn connect_errors_name_the_url_without_its_password() -> Result<()> {
     assert!(err.is_unavailable(), "{err:?}");
     Ok(())
 }
+
+/// What an owner meets when Redis loses data: the job's hash gone (Redis restarted empty,
+/// FLUSHDB, eviction) or a copy with a lower fence (a failover to a replica that was behind).
+/// Either is `Forgotten`, never `Fenced`, and the restore writes the documented keys back.
+#[tokio::test]
+async fn a_lost_or_older_hash_is_forgotten_and_restored_with_its_keys() -> Result<()> {
+    with_redis(|mut f| async move {
+        let job = new_job("j1", &owner("pod-a"), LONG);
+        assert_eq!(f.store.claim(&job).await?, Claim::Fresh { fence: 1 });
+        let cp = checkpoint("j1", 1, Some("7"), 7);
+        assert_eq!(f.store.checkpoint(&cp).await?, Write::Ok);
+
+        // The store forgets everything (as a restarted, empty Redis would).
+        let key = f.keys.job("j1");
+        let _: () = f
+            .raw
+            .del(&[&key, &f.keys.leases(), &f.keys.pod_jobs("pod-a")])
+            .await?;
+        let cp = checkpoint("j1", 1, Some("8"), 8);
+        assert_eq!(f.store.checkpoint(&cp).await?, Write::Forgotten);
+        let end = finish("j1", 1, JobStatus::Completed, Some("9"));
+        assert_eq!(f.store.finish(&end).await?, Write::Forgotten);
+        assert_eq!(f.store.note_resume("j1", 1, "x").await?, Write::Forgotten);
+        let restore = reprise_jobs::Restore {
+            job: job.clone(),
+            fence: 1,
+            offset: Some("8".into()),
+            messages: 8,
+            note: "written back".into(),
+        };
+        assert_eq!(f.store.restore(&restore).await?, Write::Ok);
+        let h = hash(&mut f, "j1").await?;
+        let names: BTreeSet<&str> = h.keys().map(String::as_str).collect();
+        assert_eq!(names, FIELDS.into_iter().collect::<BTreeSet<_>>());
+        for (name, value) in [
+            ("status", "running"),
+            ("fence", "1"),
+            ("offset", "8"),
+            ("messages", "8"),
+            ("owner_pod", "pod-a"),
+            ("last_error", "written back"),
+            ("request", job.request_b64.as_str()),
+        ] {
+            assert_eq!(field(&h, name)?, value, "{name}");
+        }
+        ensure!(lease_score(&mut f, "j1").await?.is_some(), "lease restored");
+        let members: Vec<String> = f.raw.smembers(f.keys.pod_jobs("pod-a")).await?;
+        assert_eq!(members, ["j1"]);
+        assert_eq!(f.store.finish(&end).await?, Write::Ok);
+
+        // A copy from before the claim, behind the owner (fence 0 < 1): forgotten too.
+        let _: () = f
+            .raw
+            .hset_multiple(&key, &[("status", "completed"), ("fence", "0")])
+            .await?;
+        assert_eq!(f.store.checkpoint(&cp).await?, Write::Forgotten);
+        Ok(())
+    })
+    .await
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, ensure};
-use reprise_jobs::{Claim, JobStatus, JobStore, StoreError, Write};
+use reprise_jobs::{Claim, JobStatus, JobStore, Restore, StoreError, Write};
 use support::{checkpoint, finish, new_job, owner, record, wait_for_expiry};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -44,6 +44,7 @@ on_both_stores!(
     note_resume_counts_and_is_fenced,
     missing_jobs_and_ping,
     take_over_only_claims_jobs_that_wait,
+    restore_writes_a_forgotten_job_back_but_never_over_a_later_fence,
 );
 
 fn epoch_ms() -> Result<u64> {
@@ -141,12 +142,13 @@ async fn stale_fence_changes_nothing(store: Arc<dyn JobStore>) -> Result<()> {
     assert_eq!(store.note_resume("j1", 1, "zombie").await?, Write::Fenced);
     let done = finish("j1", 1, JobStatus::Completed, Some("12"));
     assert_eq!(store.finish(&done).await?, Write::Fenced);
-    // A fence from the future is as wrong as one from the past.
+    // A fence from the future writes nothing either; it means the store is behind its
+    // writer (lost data), which only a restore may repair.
     assert_eq!(
         store
             .checkpoint(&checkpoint("j1", 3, Some("13"), 13))
             .await?,
-        Write::Fenced
+        Write::Forgotten
     );
 
     assert_eq!(record(&*store, "j1").await?, taken_over);
@@ -377,7 +379,7 @@ async fn checkpoint_many_mixes_ok_and_fenced(store: Arc<dyn JobStore>) -> Result
         .await?;
     assert_eq!(
         results,
-        [Write::Ok, Write::Fenced, Write::Fenced, Write::Ok]
+        [Write::Ok, Write::Fenced, Write::Forgotten, Write::Ok]
     );
     assert_eq!(record(&*store, "j1").await?.offset.as_deref(), Some("5"));
     assert_eq!(record(&*store, "j2").await?.offset.as_deref(), Some("8"));
@@ -389,8 +391,16 @@ async fn note_resume_counts_and_is_fenced(store: Arc<dyn JobStore>) -> Result<()
     store.claim(&new_job("j1", &owner("pod-a"), LONG)).await?;
     assert_eq!(store.note_resume("j1", 1, "reset 1").await?, Write::Ok);
     assert_eq!(store.note_resume("j1", 1, "reset 2").await?, Write::Ok);
-    assert_eq!(store.note_resume("j1", 2, "not ours").await?, Write::Fenced);
-    assert_eq!(store.note_resume("nope", 1, "no job").await?, Write::Fenced);
+    assert_eq!(
+        store.note_resume("j1", 2, "not ours").await?,
+        Write::Forgotten,
+        "a fence above the store's: behind, not ours to write"
+    );
+    assert_eq!(store.note_resume("j1", 0, "not ours").await?, Write::Fenced);
+    assert_eq!(
+        store.note_resume("nope", 1, "no job").await?,
+        Write::Forgotten
+    );
     let r = record(&*store, "j1").await?;
     assert_eq!((r.resumes, r.last_error.as_deref()), (2, Some("reset 2")));
     Ok(())
@@ -403,10 +413,15 @@ async fn missing_jobs_and_ping(store: Arc<dyn JobStore>) -> Result<()> {
         store
             .checkpoint(&checkpoint("nope", 1, Some("1"), 1))
             .await?,
-        Write::Fenced
+        Write::Forgotten
     );
     let end = finish("nope", 1, JobStatus::Completed, None);
-    assert_eq!(store.finish(&end).await?, Write::Fenced);
+    assert_eq!(store.finish(&end).await?, Write::Forgotten);
+    assert_eq!(
+        store.get("nope").await?,
+        None,
+        "a refused write creates nothing"
+    );
     assert_eq!(store.pod_jobs("pod-a").await?, Vec::<String>::new());
     Ok(())
 }
@@ -455,5 +470,79 @@ async fn take_over_only_claims_jobs_that_wait(store: Arc<dyn JobStore>) -> Resul
         "unexpected {claimed:?}"
     );
     assert_eq!(record(&*store, "waiting").await?.owner, b);
+    Ok(())
+}
+
+/// A job the store does not know under the owner's fence is written back from the owner's
+/// state; a job another owner took is never written over, by a restore or anything else.
+async fn restore_writes_a_forgotten_job_back_but_never_over_a_later_fence(
+    store: Arc<dyn JobStore>,
+) -> Result<()> {
+    let (a, b) = (owner("pod-a"), owner("pod-b"));
+    let job = new_job("j1", &a, LONG);
+    let restore = |fence, offset: &str, messages| Restore {
+        job: job.clone(),
+        fence,
+        offset: Some(offset.to_owned()),
+        messages,
+        note: "restored".into(),
+    };
+    // Never claimed here: forgotten, and the restore creates it as the owner had it.
+    assert_eq!(
+        store
+            .checkpoint(&checkpoint("j1", 4, Some("40"), 40))
+            .await?,
+        Write::Forgotten
+    );
+    assert_eq!(store.restore(&restore(4, "40", 40)).await?, Write::Ok);
+    let r = record(&*store, "j1").await?;
+    assert_eq!(r.status, JobStatus::Running);
+    assert_eq!(
+        (r.fence, r.messages, r.offset.as_deref()),
+        (4, 40, Some("40"))
+    );
+    assert_eq!((&r.owner, r.last_error.as_deref()), (&a, Some("restored")));
+    assert_eq!(r.request_b64, job.request_b64);
+    assert_eq!(store.pod_jobs("pod-a").await?, ["j1"]);
+    ensure!(
+        r.lease_expires_at_ms.is_some(),
+        "the restore renews the lease: {r:?}"
+    );
+    // Back under the owner's fence: its writes go through again; a second restore is a no-op.
+    assert_eq!(
+        store
+            .checkpoint(&checkpoint("j1", 4, Some("41"), 41))
+            .await?,
+        Write::Ok
+    );
+    assert_eq!(store.restore(&restore(4, "40", 40)).await?, Write::Ok);
+    assert_eq!(record(&*store, "j1").await?.offset.as_deref(), Some("41"));
+    // An older owner (fence 3) is fenced: the store is ahead of it, not behind.
+    assert_eq!(store.restore(&restore(3, "99", 99)).await?, Write::Fenced);
+    assert_eq!(
+        store
+            .checkpoint(&checkpoint("j1", 3, Some("99"), 99))
+            .await?,
+        Write::Fenced
+    );
+    // Another owner takes the job (fence 5): the zombie at 4 can neither write nor restore.
+    let handoff = finish("j1", 4, JobStatus::Interrupted, Some("41"));
+    assert_eq!(store.finish(&handoff).await?, Write::Ok);
+    assert!(matches!(
+        store.claim(&new_job("j1", &b, LONG)).await?,
+        Claim::Resumed { fence: 5, .. }
+    ));
+    assert_eq!(store.restore(&restore(4, "10", 10)).await?, Write::Fenced);
+    assert_eq!(
+        store
+            .checkpoint(&checkpoint("j1", 4, Some("10"), 10))
+            .await?,
+        Write::Fenced
+    );
+    let r = record(&*store, "j1").await?;
+    assert_eq!(
+        (r.fence, &r.owner, r.offset.as_deref()),
+        (5, &b, Some("41"))
+    );
     Ok(())
 }

@@ -1,12 +1,9 @@
 //! Metrics and health: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (serving,
 //! store reachable, not draining) on `metrics_listen`.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use bytes::Bytes;
@@ -20,6 +17,8 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::listen::Listener;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
@@ -40,6 +39,19 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `app` or `admin`.
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub listener: &'static str,
+    /// `silent` (sent nothing within `preface_timeout`) or `limit` (`max_app_connections`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub op: &'static str,
 }
@@ -56,9 +68,12 @@ pub struct Metrics {
     pub jobs_finished: Family<ReasonLabels, Counter>,
     pub checkpoint_writes: Counter,
     pub checkpoint_fenced: Counter,
+    pub store_restores: Counter,
     pub store_errors: Family<OpLabels, Counter>,
     pub store_degraded: Gauge,
     pub upstream_connects: Counter,
+    pub accept_errors: Family<ListenerLabels, Counter>,
+    pub connections_closed: Family<ClosedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,9 +88,12 @@ impl Default for Metrics {
             jobs_finished: Family::default(),
             checkpoint_writes: Counter::default(),
             checkpoint_fenced: Counter::default(),
+            store_restores: Counter::default(),
             store_errors: Family::default(),
             store_degraded: Gauge::default(),
             upstream_connects: Counter::default(),
+            accept_errors: Family::default(),
+            connections_closed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +137,11 @@ impl Default for Metrics {
             m.checkpoint_fenced.clone(),
         );
         registry.register(
+            "store_restores",
+            "Jobs written back to Redis from this sidecar's own state after Redis had lost them (restarted empty, failed over, flushed, evicted)",
+            m.store_restores.clone(),
+        );
+        registry.register(
             "store_errors",
             "Job store operations that failed, by operation",
             m.store_errors.clone(),
@@ -132,6 +155,16 @@ impl Default for Metrics {
             "upstream_connects",
             "TCP connections opened to the upstream (at most `upstream_connections` at a time; more after breaks)",
             m.upstream_connects.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "accept() failures by listener (app, admin), each followed by a backoff: out of file descriptors and the like",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the sidecar closed unserved, by listener and reason (silent: nothing sent within preface_timeout; limit: max_app_connections reached)",
+            m.connections_closed.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -172,21 +205,15 @@ impl Health {
 
 /// Serves the admin endpoints until `shutdown` fires.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    mut listener: Listener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let (stream, _) = tokio::select! {
+        let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin: accept failed");
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
         };
         let (metrics, health) = (metrics.clone(), health.clone());
         let service = service_fn(move |req: Request<Incoming>| {
@@ -194,8 +221,11 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(res) }
         });
         tokio::spawn(async move {
+            if !accepted.spoke().await {
+                return;
+            }
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(accepted.stream), service)
                 .await;
         });
     }
@@ -229,11 +259,4 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respo
         res.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     res
-}
-
-/// Binds the admin port; a busy port is a start-up error naming the key.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("key `metrics_listen`: cannot bind {addr}: {e}"))
 }

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reprise_jobs::{Checkpoint, Write};
+use reprise_jobs::{Checkpoint, NewJob, Restore, Write};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -26,6 +26,8 @@ use crate::{
 /// The checkpoint state of one running job.
 pub struct Slot {
     pub job_id: String,
+    /// The job as claimed, written back with the slot's state if the store forgets it.
+    pub job: NewJob,
     pub fence: u64,
     pub backend: Backend,
     state: Mutex<SlotState>,
@@ -109,14 +111,15 @@ impl Checkpointer {
 
     pub fn register(
         self: &Arc<Self>,
-        job_id: String,
+        job: NewJob,
         fence: u64,
         backend: Backend,
         offset: Option<Offset>,
         messages: u64,
     ) -> SlotGuard {
         let slot = Arc::new(Slot {
-            job_id,
+            job_id: job.job_id.clone(),
+            job,
             fence,
             backend,
             state: Mutex::new(SlotState {
@@ -191,13 +194,33 @@ impl Checkpointer {
                 }
                 continue;
             };
-            for (slot, result) in slots.iter().zip(results) {
+            for ((slot, result), cp) in slots.iter().zip(results).zip(cps) {
                 if result == Write::Ok {
                     self.metrics.checkpoint_writes.inc();
                     continue;
                 }
                 if slot.closed.load(Ordering::Relaxed) {
                     continue;
+                }
+                if result == Write::Forgotten {
+                    let restore = Restore {
+                        job: slot.job.clone(),
+                        fence: slot.fence,
+                        offset: cp.offset,
+                        messages: cp.messages,
+                        note: String::new(),
+                    };
+                    match self.store.restore(backend, restore).await {
+                        Some(Write::Ok) => continue,
+                        Some(_) => {}
+                        None => {
+                            // Redis went away again: the next tick tries once more.
+                            if let Ok(mut s) = slot.state.lock() {
+                                s.dirty = true;
+                            }
+                            continue;
+                        }
+                    }
                 }
                 if !slot.lost.swap(true, Ordering::Relaxed) {
                     self.metrics.checkpoint_fenced.inc();

@@ -27,11 +27,21 @@ pub const KEYS: &[&str] = &[
     "reconnect_backoff",
     "reconnect_backoff_max",
     "max_message_bytes",
+    "max_metadata_bytes",
+    "max_app_connections",
+    "preface_timeout",
     "worker_threads",
     "upstream_connections",
     "log_format",
     "streams",
 ];
+
+/// `max_metadata_bytes`: 1 MiB by default, 64 times hyper's 16 KiB and 128 times the 8 KiB
+/// that grpc-java and gRPC core accept by default; at most 16 MiB, grpc-go's default and the
+/// most any gRPC library accepts without being told to; at least 16 KiB.
+pub const DEFAULT_MAX_METADATA_BYTES: usize = 1024 * 1024;
+pub const MIN_METADATA_BYTES: usize = 16 * 1024;
+pub const MAX_METADATA_BYTES: usize = 16 * 1024 * 1024;
 
 const STREAM_KEYS: &[&str] = &[
     "method",
@@ -39,6 +49,7 @@ const STREAM_KEYS: &[&str] = &[
     "resume_field",
     "resume_inclusive",
     "resume",
+    "on_app_cancel",
     "retry_codes",
     "max_outage",
 ];
@@ -77,6 +88,13 @@ pub struct Config {
     pub reconnect_backoff: Duration,
     pub reconnect_backoff_max: Duration,
     pub max_message_bytes: usize,
+    /// The largest header block (request or response metadata, HTTP/2's header list size) a
+    /// call may carry; a larger one fails that call alone with `RESOURCE_EXHAUSTED`.
+    pub max_metadata_bytes: usize,
+    /// App connections open at once, at most; one more is closed at once (and counted).
+    pub max_app_connections: usize,
+    /// A connection (app or admin) that sends nothing for this long after it opens is closed.
+    pub preface_timeout: Duration,
     /// 1: everything on one thread (tokio's current-thread runtime); more: a work-stealing
     /// runtime with that many workers.
     pub worker_threads: usize,
@@ -84,6 +102,8 @@ pub struct Config {
     pub upstream_connections: usize,
     pub log_format: LogFormat,
     pub streams: Vec<StreamConfig>,
+    /// Problems that do not stop start-up, logged once it has begun (an empty config file).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +127,21 @@ pub enum ResumeMode {
     Deliver,
 }
 
+/// What a job becomes when its app ends the call itself: RST_STREAM (CANCEL) while its
+/// connection lives, or its own deadline (`grpc-timeout`). A lost connection (the app died) is
+/// not the app's choice and always leaves the job `interrupted`, to be resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppCancel {
+    /// The job ends `failed` ("cancelled by the app"): the next identical request starts from
+    /// the beginning, as it would without the sidecar. The default: an app that gave up and
+    /// asks again from scratch must not get only the tail and believe it has the whole stream.
+    Restart,
+    /// The job ends `interrupted`: the next identical request gets only what comes after the
+    /// last message handed to the app's connection. For apps that persist what they received
+    /// and re-send to continue.
+    Resume,
+}
+
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
     /// `package.Service/Method`, without the leading slash.
@@ -116,6 +151,7 @@ pub struct StreamConfig {
     /// The resume field means "from this offset, inclusive" rather than "strictly after it".
     pub resume_inclusive: bool,
     pub resume: ResumeMode,
+    pub on_app_cancel: AppCancel,
     /// gRPC codes (as numbers) that mean "the upstream broke, resume". Transport errors always do.
     pub retry_codes: Vec<i32>,
     pub max_outage: Duration,
@@ -157,7 +193,19 @@ impl Config {
             },
             None => String::new(),
         };
-        Self::parse(&text, env)
+        let mut config = Self::parse(&text, env)?;
+        if let Some(p) = path
+            && serde_yaml::from_str::<Value>(&text).is_ok_and(|v| v.is_null())
+        {
+            // Probably a mistake (a ConfigMap key that did not mount, a file not yet written),
+            // but a valid one: every key has a default, and without `streams` the sidecar is
+            // a plain pass-through proxy.
+            config.warnings.push(format!(
+                "config file {} is empty: running on defaults (every call passes through; nothing is resumable)",
+                p.display()
+            ));
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Self, ConfigErrors> {
@@ -218,7 +266,23 @@ impl Config {
         let max_outage = p.duration("max_outage", "30s");
         let reconnect_backoff = p.duration("reconnect_backoff", "50ms");
         let reconnect_backoff_max = p.duration("reconnect_backoff_max", "2s");
-        let max_message_bytes = p.size("max_message_bytes", 4 * 1024 * 1024);
+        // gRPC libraries take at most i32::MAX as their maximum message size.
+        let max_message_bytes = p.bounded(
+            "max_message_bytes",
+            4 * 1024 * 1024,
+            1,
+            i32::MAX as u64,
+            "bytes",
+        );
+        let max_metadata_bytes = p.bounded(
+            "max_metadata_bytes",
+            DEFAULT_MAX_METADATA_BYTES,
+            MIN_METADATA_BYTES as u64,
+            MAX_METADATA_BYTES as u64,
+            "bytes",
+        );
+        let max_app_connections = p.count("max_app_connections", 1024, 1 << 20);
+        let preface_timeout = p.duration("preface_timeout", "10s");
         // One thread, as linkerd2-proxy defaults to one core: a sidecar shares the pod's CPU
         // with its app, and one thread saves the cross-thread wake-ups of a work-stealing
         // runtime (see docs/benchmarks.md).
@@ -234,6 +298,11 @@ impl Config {
         };
         let streams = p.streams(max_outage);
 
+        if listen == metrics_listen {
+            p.errors.push(format!(
+                "keys `listen` and `metrics_listen`: both are {listen}; each needs its own port"
+            ));
+        }
         if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
             p.errors.push(format!(
                 "key `key_prefix`: {key_prefix:?} must be non-empty without spaces"
@@ -300,10 +369,14 @@ impl Config {
             reconnect_backoff,
             reconnect_backoff_max,
             max_message_bytes,
+            max_metadata_bytes,
+            max_app_connections,
+            preface_timeout,
             worker_threads,
             upstream_connections,
             log_format,
             streams,
+            warnings: Vec::new(),
         })
     }
 }
@@ -380,7 +453,20 @@ impl Parser<'_> {
     fn upstream(&mut self) -> http::Uri {
         let s = self.string("upstream", Some("http://127.0.0.1:50051".into()));
         match s.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => u,
+            Ok(u)
+                if u.scheme_str() == Some("http")
+                    && u.authority().is_some()
+                    && !matches!(u.path_and_query().map(|p| p.as_str()), Some(p) if p != "/") =>
+            {
+                u
+            }
+            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
+                // gRPC routes by the path (/package.Service/Method): a prefix would be dropped.
+                self.errors.push(format!(
+                    "key `upstream`: {s:?} has a path; gRPC calls go to /package.Service/Method on the upstream's root, so a path would be ignored; valid: http://HOST:PORT"
+                ));
+                u
+            }
             Ok(u) if u.scheme_str() == Some("https") => {
                 self.errors.push(format!(
                     "key `upstream`: {s:?}: TLS to the upstream is not supported; valid: http://HOST:PORT (plaintext h2c; put TLS in the mesh)"
@@ -439,8 +525,20 @@ impl Parser<'_> {
         }
     }
 
-    fn size(&mut self, key: &str, default: usize) -> usize {
-        self.positive(key, default, "bytes")
+    /// A whole number of `unit` from `min` to `max`.
+    fn bounded(&mut self, key: &str, default: usize, min: u64, max: u64, unit: &str) -> usize {
+        let n = self.whole(
+            key,
+            default,
+            max,
+            &format!("a number of {unit} from {min} to {max}"),
+        );
+        if (n as u64) < min {
+            self.errors.push(format!(
+                "key `{key}`: {n} is not a number of {unit} from {min} to {max}"
+            ));
+        }
+        n
     }
 
     /// A whole number from 1 to `max`.
@@ -542,6 +640,20 @@ impl Parser<'_> {
                     ResumeMode::OnRequest
                 }
             };
+            let on_app_cancel = match fields
+                .get("on_app_cancel")
+                .and_then(scalar_string)
+                .as_deref()
+            {
+                None | Some("restart") => AppCancel::Restart,
+                Some("resume") => AppCancel::Resume,
+                Some(other) => {
+                    self.errors.push(format!(
+                        "key `streams[{i}].on_app_cancel`: {other:?} is not valid; valid: restart (the default: a call the app cancels or lets time out starts again from the beginning), resume (it continues after what the app's connection took)"
+                    ));
+                    AppCancel::Restart
+                }
+            };
             let resume_inclusive = match fields.get("resume_inclusive").map(scalar_string) {
                 None => false,
                 Some(Some(s)) if s == "false" => false,
@@ -594,6 +706,7 @@ impl Parser<'_> {
                 resume_field,
                 resume_inclusive,
                 resume,
+                on_app_cancel,
                 retry_codes,
                 max_outage,
             });

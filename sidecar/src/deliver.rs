@@ -156,7 +156,7 @@ pub async fn take_over(
         ctx.clone(),
         method.clone(),
         Claimed {
-            job_id: record.job_id.clone(),
+            job: new_job,
             fence,
             backend,
             last,

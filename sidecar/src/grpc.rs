@@ -17,6 +17,7 @@ pub mod code {
     pub const CANCELLED: i32 = 1;
     pub const INVALID_ARGUMENT: i32 = 3;
     pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const UNIMPLEMENTED: i32 = 12;
     pub const INTERNAL: i32 = 13;
     pub const UNAVAILABLE: i32 = 14;
@@ -73,6 +74,26 @@ pub fn status_trailers(code: i32, message: &str) -> HeaderMap {
 }
 
 /// A trailers-only response: the status rides in the headers and the body is empty.
+/// A header block's size as HTTP/2 counts it against SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113
+/// §6.5.2): every field's name and value plus 32 bytes.
+pub fn header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
+
+/// `Err` with the status message when `headers` (the `what` of a call) exceed `max` bytes.
+pub fn check_metadata(headers: &HeaderMap, max: usize, what: &str) -> Result<(), String> {
+    let size = header_list_size(headers);
+    if size > max {
+        return Err(format!(
+            "reprise: {what} of {size} bytes exceeds max_metadata_bytes ({max})"
+        ));
+    }
+    Ok(())
+}
+
 pub fn trailers_only(code: i32, message: &str) -> Response<ProxyBody> {
     let mut res = Response::new(
         Empty::<Bytes>::new()

@@ -1,7 +1,8 @@
 //! `reprise-sidecar`: an in-pod gRPC proxy that passes every call through unchanged and makes
 //! configured server-streaming methods survive upstream failures by resuming them mid-stream.
 //!
-//! Module map, following the request path: [`server`] accepts the app's HTTP/2 connections,
+//! Module map, following the request path: [`server`] accepts the app's HTTP/2 connections
+//! (through a [`listen::Listener`], as the admin endpoints do),
 //! [`proxy`] routes each call, [`stream`] runs a resumable call (its [`pipe`] lets the app's
 //! response body read the upstream through the [`filter`], with [`offset`] reading each
 //! message's ordering key; [`request`] rewrites the request), [`checkpoint`] batches offset
@@ -18,6 +19,7 @@ pub mod editions;
 pub mod events;
 pub mod filter;
 pub mod grpc;
+pub mod listen;
 pub mod offset;
 pub mod pipe;
 pub mod proxy;

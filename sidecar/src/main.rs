@@ -1,7 +1,7 @@
 //! `reprise-sidecar --config FILE [--check]`
 //!
 //! Lifecycle: config (invalid config exits 2 before any port is bound) → tracing →
-//! descriptors → job store → bind → serve → wait for SIGTERM/SIGINT → drain, bounded by
+//! descriptors → bind (a port in use exits 2) → job store → serve → wait for SIGTERM/SIGINT → drain, bounded by
 //! `shutdown_timeout` → exit 0.
 
 use std::{
@@ -20,6 +20,7 @@ use reprise_sidecar::{
     config::{Config, DescriptorSource, LogFormat, ResumeMode},
     descriptors::{self, ResumableMethod},
     events::Events,
+    listen::{self, Listener},
     proxy::{self, Proxy},
     server,
     shutdown::{self, Shutdown},
@@ -53,6 +54,9 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -147,7 +151,25 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         tracing::info!(method = %m.name, offset_field = %m.offset_field, resume_field = %m.resume_field, "resumable method; {}", m.fields_note());
     }
 
+    // Both ports before any other I/O: one in use is a configuration error (exit 2).
+    let (listener, admin_listener) = match (
+        listen::bind("listen", config.listen).await,
+        listen::bind("metrics_listen", config.metrics_listen).await,
+    ) {
+        (Ok(app), Ok(admin)) => (app, admin),
+        (app, admin) => {
+            let errors: Vec<String> = [app.err(), admin.err()].into_iter().flatten().collect();
+            eprintln!(
+                "reprise-sidecar: invalid configuration:\n{}",
+                errors.join("\n")
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
     let metrics = Arc::new(Metrics::default());
+    let listener = Listener::new(listener, "app", &metrics, config.preface_timeout)
+        .limit(config.max_app_connections, &metrics);
+    let admin_listener = Listener::new(admin_listener, "admin", &metrics, config.preface_timeout);
     let health = Arc::new(Health::default());
     let owner = Owner {
         pod: config.pod_name.clone(),
@@ -189,13 +211,6 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         config.lease_ttl,
     ));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listen {}", config.listen))?;
-    let admin_listener = admin::bind(config.metrics_listen)
-        .await
-        .map_err(anyhow::Error::msg)?;
-
     // Released at once: jobs an earlier sidecar of this pod left running (container restart).
     store.release_previous_instances(&owner, &events).await;
 
@@ -209,6 +224,7 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         proxy::Upstream::new(
             config.upstream.clone(),
             config.upstream_connections,
+            config.max_metadata_bytes,
             &metrics,
         ),
         store.clone(),

@@ -26,6 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::{
     admin::{CallLabels, Metrics},
+    config::MAX_METADATA_BYTES,
     descriptors::ResumableMethod,
     grpc::{self, BoxError, ProxyBody, code},
     stream::{self, StreamCtx},
@@ -75,6 +76,11 @@ fn upstream_client(connections: usize, connects: Counter) -> UpstreamClient {
         .http2_initial_connection_window_size(connection_window)
         // Large frames from the upstream mean fewer reads and fewer chunks per message.
         .http2_max_frame_size(64 * 1024)
+        // h2 refuses a larger header block on its stream, and one over four times this on the
+        // whole connection (GOAWAY, "header_list_way_too_large"), every call on it with it. So
+        // the connection takes the most any gRPC library sends by default, and the calls are
+        // held to `max_metadata_bytes` one by one (`Upstream::check_metadata`).
+        .http2_max_header_list_size(MAX_METADATA_BYTES as u32)
         .pool_idle_timeout(Duration::from_secs(90))
         .build(CountingConnector {
             inner: connector,
@@ -92,6 +98,8 @@ fn upstream_client(connections: usize, connects: Counter) -> UpstreamClient {
 pub struct Upstream {
     lanes: Vec<Lane>,
     uri: Uri,
+    /// `max_metadata_bytes`.
+    max_metadata: usize,
 }
 
 struct Lane {
@@ -109,7 +117,7 @@ impl Drop for InFlight {
 }
 
 impl Upstream {
-    pub fn new(uri: Uri, connections: usize, metrics: &Metrics) -> Self {
+    pub fn new(uri: Uri, connections: usize, max_metadata: usize, metrics: &Metrics) -> Self {
         let connections = connections.clamp(1, MAX_UPSTREAM_CONNECTIONS);
         Upstream {
             lanes: (0..connections)
@@ -119,7 +127,13 @@ impl Upstream {
                 })
                 .collect(),
             uri,
+            max_metadata,
         }
+    }
+
+    /// `Err` with the status message when a call's `headers` exceed `max_metadata_bytes`.
+    pub fn check_metadata(&self, headers: &HeaderMap, what: &str) -> Result<(), String> {
+        grpc::check_metadata(headers, self.max_metadata, what)
     }
 
     pub fn uri(&self) -> &Uri {
@@ -181,6 +195,14 @@ impl Proxy {
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        if let Err(message) = self
+            .ctx
+            .upstream
+            .check_metadata(req.headers(), "request metadata")
+        {
+            tracing::warn!(path = req.uri().path(), %message, "call rejected");
+            return grpc::trailers_only(code::RESOURCE_EXHAUSTED, &message);
+        }
         let path = req.uri().path().to_owned();
         let method = path.trim_start_matches('/').to_owned();
         match self.methods.get(&path) {
@@ -222,7 +244,18 @@ impl Proxy {
         let (client, in_flight) = self.ctx.upstream.pick();
         match client.request(req).await {
             // The call holds its place on the connection until its body is done.
-            Ok(res) => res.map(|b| ErrorAsTrailers::new(b, in_flight).boxed_unsync()),
+            Ok(res) => match self
+                .ctx
+                .upstream
+                .check_metadata(res.headers(), "upstream response metadata")
+            {
+                // Dropping the response resets this one stream; the connection goes on.
+                Err(message) => {
+                    tracing::warn!(%message, "upstream response refused");
+                    grpc::trailers_only(code::RESOURCE_EXHAUSTED, &message)
+                }
+                Ok(()) => res.map(|b| ErrorAsTrailers::new(b, in_flight).boxed_unsync()),
+            },
             Err(e) => grpc::trailers_only(
                 code::UNAVAILABLE,
                 &format!(

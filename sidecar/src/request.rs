@@ -301,6 +301,7 @@ mod tests {
             resume_field: r.into(),
             resume_inclusive: false,
             resume: ResumeMode::OnRequest,
+            on_app_cancel: crate::config::AppCancel::Restart,
             retry_codes: vec![14],
             max_outage: Duration::from_secs(1),
         };

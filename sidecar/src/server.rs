@@ -5,15 +5,18 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::proxy::Proxy;
+use crate::{listen::Listener, proxy::Proxy};
+
+/// Put in every request's extensions: cancelled when the app connection it came on closes.
+#[derive(Clone, Debug)]
+pub struct AppConnection(pub CancellationToken);
 
 /// Serves until `shutdown`; connections still open then get a GOAWAY and are tracked by
 /// `connections` so the caller can wait for them.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: Listener,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -29,30 +32,39 @@ pub async fn serve(
         // 16 KiB measured as fast as 32 with 100 streams and left room for a larger upstream
         // window (docs/benchmarks.md).
         .max_send_buf_size(16 * 1024)
+        // As toward the upstream (`proxy::upstream_client`): the connection takes what any
+        // gRPC library may send; each call is held to `max_metadata_bytes` on its own.
+        .max_header_list_size(crate::config::MAX_METADATA_BYTES as u32)
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
         };
-        let _ = stream.set_nodelay(true);
+        let _ = accepted.stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let connection = CancellationToken::new();
+        let closed = connection.clone().drop_guard();
+        let service = service_fn(move |mut req: hyper::Request<Incoming>| {
             let proxy = proxy.clone();
+            req.extensions_mut()
+                .insert(AppConnection(connection.clone()));
             async move { Ok::<_, Infallible>(proxy.handle(req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let builder = builder.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
+            // However this task ends, the connection's calls learn it closed.
+            let _closed = closed;
+            tokio::select! {
+                spoke = accepted.spoke() => if !spoke {
+                    return;
+                },
+                _ = shutdown.cancelled() => return,
+            }
+            let peer = accepted.peer;
+            let conn = builder.serve_connection(TokioIo::new(accepted.stream), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {

@@ -12,7 +12,7 @@ use std::{
 
 use reprise_jobs::{
     Checkpoint, Claim, Finish, JobRecord, JobStatus, JobStore, MemoryStore, NewJob, Owner,
-    RedisStore, StoreError, Write,
+    RedisStore, Restore, StoreError, Write,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -181,14 +181,76 @@ impl Store {
         }
     }
 
-    pub async fn finish(&self, backend: Backend, f: &Finish) -> Option<Write> {
-        match self.get(backend).finish(f).await {
-            Ok(w) => Some(w),
+    /// Takes the job out of `running`. If the store had forgotten it, `job` (as claimed) is
+    /// written back first, so the final state is recorded all the same.
+    pub async fn finish(
+        &self,
+        backend: Backend,
+        f: &Finish,
+        job: Option<&NewJob>,
+    ) -> Option<Write> {
+        let written = match self.get(backend).finish(f).await {
+            Ok(w) => w,
             Err(e) => {
                 self.failed("finish", &e);
-                None
+                return None;
+            }
+        };
+        let Some(job) = job.filter(|_| written == Write::Forgotten) else {
+            return Some(written);
+        };
+        let restore = Restore {
+            job: job.clone(),
+            fence: f.fence,
+            offset: f.offset.clone(),
+            messages: f.messages,
+            note: String::new(),
+        };
+        match self.restore(backend, restore).await? {
+            Write::Ok => match self.get(backend).finish(f).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    self.failed("finish", &e);
+                    None
+                }
+            },
+            refused => Some(refused),
+        }
+    }
+
+    /// Writes back a job the store forgot (see [`Write::Forgotten`]): this sidecar runs it, so
+    /// its state is the truth. Logged and counted (`reprise_store_restores_total`); the
+    /// instance registration, lost with the rest, is written again too.
+    pub async fn restore(&self, backend: Backend, mut r: Restore) -> Option<Write> {
+        let why = "the job store had lost this job (Redis restarted empty, failed over to a \
+                   replica that was behind, was flushed, or evicted it)";
+        if r.note.is_empty() {
+            r.note = format!("restored by its owner: {why}");
+        }
+        let written = match self.get(backend).restore(&r).await {
+            Ok(w) => w,
+            Err(e) => {
+                self.failed("restore", &e);
+                return None;
+            }
+        };
+        if written == Write::Ok {
+            self.metrics.store_restores.inc();
+            tracing::warn!(
+                job.id = %r.job.job_id,
+                fence = r.fence,
+                offset = r.offset.as_deref().unwrap_or(""),
+                messages = r.messages,
+                "{why}; wrote it back from this sidecar's state"
+            );
+            if let (Some(owner), Some(redis), Backend::Redis) =
+                (&self.owner, self.redis.get(), backend)
+                && let Err(e) = redis.register_sidecar(owner).await
+            {
+                tracing::warn!(error = %e, "cannot register this sidecar instance in redis again");
             }
         }
+        Some(written)
     }
 
     /// Probes Redis every second while degraded (and every ten otherwise) and flips readiness.
@@ -275,7 +337,7 @@ impl Store {
                         .interrupted(&event, "previous sidecar instance stopped")
                         .await;
                 }
-                Ok(Write::Fenced) => {}
+                Ok(Write::Fenced | Write::Forgotten) => {}
                 Err(e) => self.failed("release", &e),
             }
         }

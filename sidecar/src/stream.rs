@@ -16,7 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use flate2::read::GzDecoder;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use reprise_jobs::{Claim, Finish, JobStatus, NewJob, Owner};
@@ -27,6 +27,7 @@ use tracing::Instrument as _;
 use crate::{
     admin::{MethodLabels, Metrics, ReasonLabels},
     checkpoint::{Checkpointer, SlotGuard},
+    config::AppCancel,
     deliver::AckState,
     descriptors::ResumableMethod,
     events::{Events, JobEvent},
@@ -34,8 +35,9 @@ use crate::{
     grpc::{self, Deframer, Messages, ProxyBody, code},
     offset::Offset,
     pipe::{End, Pipe},
-    proxy::{Upstream, error_chain, strip_hop_by_hop, upstream_uri},
+    proxy::{Upstream, UpstreamClient, error_chain, strip_hop_by_hop, upstream_uri},
     request,
+    server::AppConnection,
     store::{Backend, Store},
 };
 
@@ -138,7 +140,8 @@ pub async fn handle(
 
 /// A job this sidecar now owns, and where it starts.
 pub(crate) struct Claimed {
-    pub job_id: String,
+    /// The job as claimed: what the owner writes back if the store forgets it.
+    pub job: NewJob,
     pub fence: u64,
     pub backend: Backend,
     pub last: Option<Offset>,
@@ -167,6 +170,9 @@ pub(crate) struct Task {
     done: CancellationToken,
     /// Deliver mode: what the app's ResumeSink acknowledged (checkpoints follow it).
     ack: Option<Arc<AckState>>,
+    /// Cancelled when the app's connection closes: tells an app that died (its connection
+    /// went) from one that cancelled its call (the connection lives on).
+    app_connection: Option<CancellationToken>,
 }
 
 /// The task's hold on its pipe: however the task ends (even by a panic), the app's body
@@ -362,12 +368,13 @@ impl Task {
         });
         let last = std::cmp::max(stored.clone(), own);
         let moved = last != stored;
-
-        Ok(Task::new(
+        let job = new_job(&job_id);
+        let app_connection = parts.extensions.get::<AppConnection>().map(|c| c.0.clone());
+        let (mut task, head) = Task::new(
             ctx,
             method,
             Claimed {
-                job_id,
+                job,
                 fence,
                 backend,
                 last,
@@ -378,7 +385,9 @@ impl Task {
             parts.headers,
             deadline,
             None,
-        ))
+        );
+        task.app_connection = app_connection;
+        Ok((task, head))
     }
 
     /// A task for a claimed job. `ack` is set in deliver mode: the receiver of the response is
@@ -394,13 +403,14 @@ impl Task {
         ack: Option<Arc<AckState>>,
     ) -> (Task, oneshot::Receiver<Response<ProxyBody>>) {
         let Claimed {
-            job_id,
+            job,
             fence,
             backend,
             last,
             messages,
             moved,
         } = claimed;
+        let job_id = job.job_id.clone();
         let (head_tx, head_rx) = oneshot::channel();
         let done = CancellationToken::new();
         let app_gone = CancellationToken::new();
@@ -413,9 +423,9 @@ impl Task {
                 },
             );
         }
-        let slot =
-            ctx.checkpointer
-                .register(job_id.clone(), fence, backend, last.clone(), messages);
+        let slot = ctx
+            .checkpointer
+            .register(job, fence, backend, last.clone(), messages);
         if moved {
             slot.slot.record(last.as_ref(), messages);
         }
@@ -448,6 +458,7 @@ impl Task {
                 slot: Some(slot),
                 done,
                 ack,
+                app_connection: None,
             },
             head_rx,
         )
@@ -485,7 +496,14 @@ impl Task {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let step = self.attempt().await;
+            // An outage starts when the first attempt that fails began: its connect, handshake
+            // and wait for response headers count against `max_outage` too.
+            let started = Instant::now();
+            let budget = self
+                .method
+                .max_outage
+                .saturating_sub(outage_since.map_or(Duration::ZERO, |since| since.elapsed()));
+            let step = self.attempt(budget).await;
             let (cause, error, progressed) = match step {
                 Step::Done(outcome) => return outcome,
                 Step::Broken {
@@ -498,7 +516,7 @@ impl Task {
                 outage_since = None;
                 backoff = self.ctx.backoff;
             }
-            let since = *outage_since.get_or_insert_with(Instant::now);
+            let since = *outage_since.get_or_insert(started);
             if since.elapsed() >= self.method.max_outage {
                 return Outcome::GaveUp { error };
             }
@@ -544,8 +562,10 @@ impl Task {
         }
     }
 
-    /// One upstream call, from request to the end of its body.
-    async fn attempt(&mut self) -> Step {
+    /// One upstream call, from request to the end of its body. `budget` is what is left of
+    /// `max_outage`: the longest the response headers may take unless the upstream is seen to
+    /// be alive (see [`Task::response`]).
+    async fn attempt(&mut self, budget: Duration) -> Step {
         let message = match &self.pipe.position().0 {
             Some(o) => match request::with_resume(&self.method.resume_path, &self.original, o) {
                 Ok(b) => b,
@@ -568,22 +588,24 @@ impl Task {
             );
         }
         // Held until this attempt's body is done.
-        let (client, _in_flight) = self.ctx.upstream.pick();
-        let res = tokio::select! {
-            r = client.request(req) => r,
-            _ = app_gone(&mut self.head, &self.app_gone) => return Step::Done(Outcome::AppGone),
-            _ = self.ctx.shutdown.cancelled() => return Step::Done(Outcome::Shutdown),
+        let ctx = self.ctx.clone();
+        let (client, _in_flight) = ctx.upstream.pick();
+        let res = match self.response(client, req, budget).await {
+            Ok(res) => res,
+            Err(step) => return step,
         };
-        let res = match res {
-            Ok(r) => r,
-            Err(e) => {
-                return Step::Broken {
-                    cause: "connect",
-                    error: error_chain(&e),
-                    progressed: false,
-                };
-            }
-        };
+        if let Err(message) = self
+            .ctx
+            .upstream
+            .check_metadata(res.headers(), "upstream response metadata")
+        {
+            // Not an outage: the same request would get the same headers again.
+            let trailers = grpc::status_trailers(code::RESOURCE_EXHAUSTED, &message);
+            return Step::Done(Outcome::UpstreamStatus {
+                error: message,
+                trailers,
+            });
+        }
         if res.status() != http::StatusCode::OK {
             let code = grpc::code_for_http_status(res.status());
             let error = format!("upstream answered HTTP {}", res.status());
@@ -646,6 +668,100 @@ impl Task {
             },
             Some(Some(End::Failed(error))) => Step::Done(Outcome::Failed { error }),
             Some(Some(End::Fenced)) => Step::Done(Outcome::Fenced),
+        }
+    }
+
+    /// What the job becomes when the app ended the call itself (`why`), by `on_app_cancel`.
+    fn app_choice(&self, why: &str) -> (JobStatus, String) {
+        match self.method.on_app_cancel {
+            AppCancel::Restart => (
+                JobStatus::Failed,
+                format!(
+                    "ended by the app: {why}; on_app_cancel: restart, so the next identical request starts from the beginning"
+                ),
+            ),
+            AppCancel::Resume => (
+                JobStatus::Interrupted,
+                format!(
+                    "ended by the app: {why}; on_app_cancel: resume, so the next identical request continues after what the app's connection took"
+                ),
+            ),
+        }
+    }
+
+    /// Whether the call's deadline has passed (within a clock tick of it).
+    fn deadline_passed(&self) -> bool {
+        self.deadline
+            .is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d)
+    }
+
+    /// Whether the app's call ended because its connection did. A connection that fails
+    /// resets its streams and ends in the same turn of its task, before this task runs; a
+    /// few yields and a moment cover a multi-threaded runtime. Not longer: an app that cancels
+    /// and then closes its channel at once (grpcio does, leaving a `with` block) must still
+    /// read as a cancel.
+    async fn app_connection_lost(&self) -> bool {
+        let Some(connection) = &self.app_connection else {
+            // Not a call from the app's listener (a takeover's sink pump): its peer went.
+            return true;
+        };
+        for _ in 0..3 {
+            if connection.is_cancelled() {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        tokio::time::timeout(APP_CONNECTION_GRACE, connection.cancelled())
+            .await
+            .is_ok()
+    }
+
+    /// The upstream's response headers. A server may hold them back until its first message
+    /// (grpc-go does), so a long wait alone is no outage; but an upstream that accepts TCP and
+    /// never speaks HTTP/2, or stopped answering, must not hang the call. So when `budget`
+    /// runs out without headers, a probe (a gRPC health check on the same connection) asks
+    /// whether the upstream answers at all: any response headers, whatever the status, mean
+    /// it is alive and slow, and the wait goes on for another `max_outage`; none within the
+    /// probe's own time is an outage (`no_response`), which ends the call once `max_outage`
+    /// is spent.
+    async fn response(
+        &mut self,
+        client: &UpstreamClient,
+        req: Request<ProxyBody>,
+        mut budget: Duration,
+    ) -> Result<Response<Incoming>, Step> {
+        let request = client.request(req);
+        let mut request = std::pin::pin!(request);
+        loop {
+            let res = tokio::select! {
+                r = request.as_mut() => r,
+                _ = tokio::time::sleep(budget) => {
+                    let probe = budget.clamp(PROBE_MIN, PROBE_MAX);
+                    if probe_alive(client, self.ctx.upstream.uri(), probe).await {
+                        tracing::debug!(job.id = %self.job_id, waited = ?budget, "upstream alive but no response headers yet; waiting on");
+                        budget = self.method.max_outage;
+                        continue;
+                    }
+                    let error = format!(
+                        "no response headers from the upstream within {}, and it did not answer a health probe within {}",
+                        humantime::format_duration(budget),
+                        humantime::format_duration(probe)
+                    );
+                    tracing::warn!(job.id = %self.job_id, cause = "no_response", %error, "upstream silent; counting it as an outage");
+                    return Err(Step::Broken {
+                        cause: "no_response",
+                        error,
+                        progressed: false,
+                    });
+                }
+                _ = app_gone(&mut self.head, &self.app_gone) => return Err(Step::Done(Outcome::AppGone)),
+                _ = self.ctx.shutdown.cancelled() => return Err(Step::Done(Outcome::Shutdown)),
+            };
+            return res.map_err(|e| Step::Broken {
+                cause: "connect",
+                error: error_chain(&e),
+                progressed: false,
+            });
         }
     }
 
@@ -715,14 +831,16 @@ impl Task {
                 )
             }
             Outcome::DeadlineExceeded => {
+                let (status, why) = self.app_choice("its deadline (grpc-timeout) passed");
                 let message = format!(
-                    "reprise: deadline exceeded; job {} is interrupted",
-                    self.job_id
+                    "reprise: deadline exceeded; job {} is {}",
+                    self.job_id,
+                    status.as_str()
                 );
                 (
-                    Some(JobStatus::Interrupted),
+                    Some(status),
                     Some(grpc::status_trailers(code::DEADLINE_EXCEEDED, &message)),
-                    Some("deadline exceeded".to_owned()),
+                    Some(why),
                 )
             }
             Outcome::Shutdown => {
@@ -737,11 +855,23 @@ impl Task {
                     Some("sidecar shutting down".to_owned()),
                 )
             }
-            Outcome::AppGone => (
-                Some(JobStatus::Interrupted),
-                None,
-                Some("app cancelled or disconnected".to_owned()),
-            ),
+            Outcome::AppGone if self.deadline_passed() => {
+                // The app's own deadline fired (its client cancels the stream when it does):
+                // the same choice as the sidecar enforcing `grpc-timeout`.
+                let (status, why) = self.app_choice("its deadline (grpc-timeout) passed");
+                (Some(status), None, Some(why))
+            }
+            Outcome::AppGone => {
+                let (status, why) = if self.app_connection_lost().await {
+                    (
+                        JobStatus::Interrupted,
+                        "the app's connection closed (the app went away): resumable".to_owned(),
+                    )
+                } else {
+                    self.app_choice("it cancelled the call on a live connection")
+                };
+                (Some(status), None, Some(why))
+            }
             Outcome::Fenced => {
                 let message = format!(
                     "reprise: job {} was taken over by another owner",
@@ -770,7 +900,7 @@ impl Task {
         }
         // The job's state first, so that when the app sees the status the job already says
         // what it holds (and, on shutdown, another pod has been told).
-        drop(self.slot.take());
+        let job = self.slot.take().map(|guard| guard.slot.job.clone());
         let handoff =
             matches!(status, Some(JobStatus::Interrupted)) && self.ctx.shutdown.is_cancelled();
         if let Some(status) = status {
@@ -782,7 +912,11 @@ impl Task {
                 messages,
                 error: error.clone(),
             };
-            let written = self.ctx.store.finish(self.backend, &finish).await;
+            let written = self
+                .ctx
+                .store
+                .finish(self.backend, &finish, job.as_ref())
+                .await;
             if written == Some(reprise_jobs::Write::Fenced) {
                 tracing::warn!(job.id = %self.job_id, "final job state refused: another owner holds the job");
             }
@@ -857,6 +991,37 @@ impl Task {
 
 /// Resolves when the app has gone away: before response headers, the handler was dropped;
 /// after, the response body was.
+/// How long after a call's end its connection may take to close and still count as the cause.
+const APP_CONNECTION_GRACE: Duration = Duration::from_millis(5);
+/// A call the app drops this close to its deadline was ended by the deadline.
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
+/// The longest and shortest wait for a liveness probe's answer.
+const PROBE_MIN: Duration = Duration::from_millis(500);
+const PROBE_MAX: Duration = Duration::from_secs(5);
+
+/// Whether the upstream answers a gRPC health check on `client`'s connection within `within`:
+/// any response headers count (a server without the health service answers UNIMPLEMENTED).
+async fn probe_alive(client: &UpstreamClient, upstream: &Uri, within: Duration) -> bool {
+    let body = Full::new(grpc::frame(&[]))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut req = Request::new(body);
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = upstream_uri(upstream, Some("/grpc.health.v1.Health/Check"));
+    *req.version_mut() = http::Version::HTTP_2;
+    let h = req.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    matches!(
+        tokio::time::timeout(within, client.request(req)).await,
+        Ok(Ok(_))
+    )
+}
+
 async fn app_gone(
     head: &mut Option<oneshot::Sender<Response<ProxyBody>>>,
     body_gone: &CancellationToken,
@@ -884,7 +1049,17 @@ async fn read_request(headers: &HeaderMap, body: Incoming, max: usize) -> Result
         )
     })?;
     let mut msgs: Vec<(bool, Bytes)> = Messages::new(whole).collect();
-    if msgs.len() != 1 || deframer.pending() > 0 {
+    if deframer.pending() > 0 {
+        return Err(reject(
+            code::INVALID_ARGUMENT,
+            format!(
+                "reprise: the request ended inside a message frame ({} bytes of an unfinished frame, its header included, after {} whole message(s))",
+                deframer.pending(),
+                msgs.len()
+            ),
+        ));
+    }
+    if msgs.len() != 1 {
         return Err(reject(
             code::INVALID_ARGUMENT,
             format!(
@@ -917,6 +1092,11 @@ async fn read_request(headers: &HeaderMap, body: Incoming, max: usize) -> Result
             }
             Ok(plain.into())
         }
+        // The gRPC spec: a compressed message without an encoding is a protocol error.
+        None | Some(b"identity") => Err(reject(
+            code::INTERNAL,
+            "reprise: the request message is flagged compressed but the call declares no grpc-encoding".into(),
+        )),
         other => Err(reject(
             code::UNIMPLEMENTED,
             format!(

@@ -229,3 +229,126 @@ fn descriptor_sets_that_crashed_the_descriptor_library_exit_2() {
         );
     }
 }
+
+/// A port in use is a configuration error like any other: exit 2, naming the key (it exited 1
+/// with "Address already in use" and no key, after connecting to Redis).
+#[test]
+fn a_busy_port_exits_2_naming_its_key() {
+    let w = World::new();
+    let _upstream = w.server(&[]);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = held.local_addr().expect("addr").port();
+    let cases = [
+        (
+            w.config_as(
+                "pod-a",
+                busy,
+                w.metrics_port,
+                true,
+                &World::demo_streams(),
+                "",
+            ),
+            "key `listen`",
+        ),
+        (
+            w.config_as(
+                "pod-a",
+                w.sidecar_port,
+                busy,
+                true,
+                &World::demo_streams(),
+                "",
+            ),
+            "key `metrics_listen`",
+        ),
+        (
+            w.config_as(
+                "pod-a",
+                w.sidecar_port,
+                w.sidecar_port,
+                true,
+                &World::demo_streams(),
+                "",
+            ),
+            "keys `listen` and `metrics_listen`",
+        ),
+    ];
+    for (config, needle) in cases {
+        let (code, text) = run(&w, &config, &[]);
+        assert_eq!(code, 2, "exit code; output:\n{text}");
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    // `--check` binds nothing, so it does not see a busy port, only two equal ones.
+    let config = w.config_as(
+        "pod-a",
+        busy,
+        w.metrics_port,
+        false,
+        &World::demo_streams(),
+        "",
+    );
+    assert_eq!(run(&w, &config, &["--check"]).0, 0);
+}
+
+/// The size keys have bounds: `max_message_bytes` took 10 GiB; `max_metadata_bytes` is new.
+#[test]
+fn size_keys_are_bounded() {
+    let w = World::new();
+    let base = w.config(false, "");
+    for (line, needle) in [
+        ("max_message_bytes: 10737418240", "key `max_message_bytes`"),
+        ("max_metadata_bytes: 1000", "from 16384 to 16777216"),
+        (
+            "max_metadata_bytes: 99999999999",
+            "key `max_metadata_bytes`",
+        ),
+        ("max_app_connections: 0", "key `max_app_connections`"),
+        ("preface_timeout: soon", "key `preface_timeout`"),
+    ] {
+        let (code, text) = run(&w, &format!("{base}{line}\n"), &["--check"]);
+        assert_eq!(code, 2, "{line}: {text}");
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    let ok = format!("{base}max_message_bytes: 2147483647\nmax_metadata_bytes: 65536\n");
+    assert_eq!(run(&w, &ok, &["--check"]).0, 0);
+}
+
+/// An empty config file starts on defaults, with a warning; an upstream URL with a path is
+/// refused (the path was dropped silently).
+#[test]
+fn an_empty_file_warns_and_an_upstream_path_is_refused() {
+    let w = World::new();
+    let (code, text) = run(&w, "", &["--check"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("is empty: running on defaults"), "{text}");
+    let path = w.path().join("empty.yaml");
+    std::fs::write(&path, "# nothing yet\n").expect("write");
+    let port = free_port();
+    let metrics = free_port();
+    let mut cmd = Command::new(bin("reprise-sidecar"));
+    cmd.arg("--config")
+        .arg(&path)
+        .env("REPRISE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REPRISE_METRICS_LISTEN", format!("127.0.0.1:{metrics}"));
+    let sidecar = Proc::spawn("reprise-sidecar", &mut cmd, w.path());
+    wait_until("the warning", std::time::Duration::from_secs(30), || {
+        sidecar.log_text().contains("is empty: running on defaults")
+    });
+    drop(sidecar);
+    let base = w.config(false, "");
+    let config = base.replace(
+        &format!("upstream: http://127.0.0.1:{}", w.upstream_port),
+        &format!("upstream: http://127.0.0.1:{}/prefix", w.upstream_port),
+    );
+    let (code, text) = run(&w, &config, &["--check"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("key `upstream`") && text.contains("has a path"),
+        "{text}"
+    );
+    let slash = base.replace(
+        &format!("upstream: http://127.0.0.1:{}", w.upstream_port),
+        &format!("upstream: http://127.0.0.1:{}/", w.upstream_port),
+    );
+    assert_eq!(run(&w, &slash, &["--check"]).0, 0);
+}

@@ -14,14 +14,6 @@ use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 
-fn python() -> PathBuf {
-    let from_env = std::env::var_os("REPRISE_PYTHON").map(PathBuf::from);
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    from_env
-        .or_else(|| venv.exists().then_some(venv))
-        .expect("the grpcio venv: run scripts/test (or scripts/python-env and set REPRISE_PYTHON)")
-}
-
 /// Starts resume_sink.py on `port`, recording to `record`, and waits for its port.
 fn python_sink(w: &World, port: u16, record: &Path) -> Proc {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,10 +1,11 @@
 -- Record an owner's progress and renew its lease.
 -- KEYS: 1 job hash, 2 leases zset
 -- ARGV: 1 job id, 2 fence, 3 '1' when an offset is given, 4 offset, 5 messages, 6 lease ttl (ms)
--- Reply: 1 written, 0 fenced
+-- Reply: 1 written, 0 fenced, 2 forgotten (nothing written; see may_write)
 
-if fenced(KEYS[1], ARGV[2]) then
-  return 0
+local allowed = may_write(KEYS[1], ARGV[2])
+if allowed ~= 1 then
+  return allowed
 end
 local now = now_ms()
 local lease = int(now + tonumber(ARGV[6]))

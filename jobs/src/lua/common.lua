@@ -16,8 +16,22 @@ local function pod_jobs_key(prefix, pod)
   return prefix .. ':pod:' .. pod .. ':jobs'
 end
 
--- An owner's write goes through only while the job runs under the owner's fence.
-local function fenced(job, fence)
+-- Whether the owner holding `fence` may write the job: 1 yes, it runs under that fence;
+-- 0 no, it moved on (a later fence: another owner; or it left `running`); 2 the store has
+-- forgotten it: no hash, or a fence below the owner's. Fences only grow and jobs are never
+-- deleted, so only lost data (Redis restarted empty, a failover to a replica behind, FLUSHDB,
+-- eviction) makes either 2 case; never a takeover, which leaves a higher fence behind.
+local function may_write(job, fence)
   local h = redis.call('HMGET', job, 'fence', 'status')
-  return h[1] ~= fence or h[2] ~= 'running'
+  if not h[1] then
+    return 2
+  end
+  local stored, mine = tonumber(h[1]), tonumber(fence)
+  if stored and mine and stored < mine then
+    return 2
+  end
+  if h[1] ~= fence or h[2] ~= 'running' then
+    return 0
+  end
+  return 1
 end

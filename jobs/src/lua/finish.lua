@@ -2,11 +2,12 @@
 -- KEYS: 1 job hash, 2 leases zset
 -- ARGV: 1 prefix, 2 job id, 3 fence, 4 new status, 5 '1' when an offset is given, 6 offset,
 --       7 messages, 8 '1' when an error is given, 9 error text
--- Reply: 1 written, 0 fenced
+-- Reply: 1 written, 0 fenced, 2 forgotten (nothing written; see may_write)
 
 local job = KEYS[1]
-if fenced(job, ARGV[3]) then
-  return 0
+local allowed = may_write(job, ARGV[3])
+if allowed ~= 1 then
+  return allowed
 end
 local now = now_ms()
 local finished = ''

@@ -37,6 +37,7 @@ pub struct ResumableMethod {
     pub retry_codes: Vec<i32>,
     pub max_outage: Duration,
     pub mode: ResumeMode,
+    pub on_app_cancel: crate::config::AppCancel,
 }
 
 impl ResumableMethod {
@@ -300,6 +301,7 @@ fn resolve_one(
         retry_codes: s.retry_codes.clone(),
         max_outage: s.max_outage,
         mode: s.resume,
+        on_app_cancel: s.on_app_cancel,
     })
 }
 
@@ -437,6 +439,7 @@ mod tests {
             resume_field: resume.into(),
             resume_inclusive: false,
             resume: ResumeMode::OnRequest,
+            on_app_cancel: crate::config::AppCancel::Restart,
             retry_codes: vec![14],
             max_outage: Duration::from_secs(30),
         }

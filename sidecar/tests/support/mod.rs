@@ -17,6 +17,26 @@ pub const DATA_METHOD: &str = "pb.Server/GetData";
 /// Signed positions, resumed through the proto3 `optional` `after_position`.
 pub const LEDGER_METHOD: &str = "demo.v1.LedgerService/StreamEntries";
 
+/// The Python of the grpcio venv (`scripts/python-env`), for the unmodified Python apps.
+pub fn python() -> PathBuf {
+    let from_env = std::env::var_os("REPRISE_PYTHON").map(PathBuf::from);
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    from_env
+        .or_else(|| venv.exists().then_some(venv))
+        .expect("the grpcio venv: run scripts/test (or scripts/python-env and set REPRISE_PYTHON)")
+}
+
+/// The unmodified Python grpcio app (`demo_client.py users`), aimed at the sidecar on `port`;
+/// the caller adds its flags.
+pub fn python_users(port: u16) -> Command {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/demo-apps/python/demo_client.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(script)
+        .args(["users", "--target", &format!("127.0.0.1:{port}")]);
+    cmd
+}
+
 /// A built binary of the workspace (the test binary lives in target/<profile>/deps).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -49,6 +49,9 @@ struct Args {
     /// Panic while producing this user (recovered; the user is skipped). Repeatable.
     #[arg(long, value_name = "ID")]
     panic_on: Vec<String>,
+    /// Add an `x-pad` entry of N bytes to every GetUser response's metadata (large headers).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    metadata_bytes: usize,
     /// On SIGTERM/SIGINT, how long connections get to close before the process exits anyway.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
@@ -86,6 +89,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         exit_after: args.exit_after,
         unavailable_after: args.unavailable_after,
         panic_on: args.panic_on.into_iter().collect::<HashSet<_>>(),
+        metadata_bytes: args.metadata_bytes,
     };
     server::quiet_injected_panics();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

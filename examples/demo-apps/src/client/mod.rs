@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
+
+use crate::server::MAX_METADATA_BYTES;
 use tonic::{Code, Request, Status};
 
 pub use chat::{ChatOptions, chat};
@@ -65,7 +67,11 @@ impl Connection {
                 target: target.to_owned(),
                 source,
             })?;
-        let channel = endpoint.tcp_nodelay(true).connect_lazy();
+        // grpc-go's default limit for received metadata (hyper's own is 16 KiB).
+        let channel = endpoint
+            .tcp_nodelay(true)
+            .http2_max_header_list_size(MAX_METADATA_BYTES)
+            .connect_lazy();
         let mut map = MetadataMap::new();
         for (key, value) in metadata {
             let bad = |e: &dyn std::fmt::Display| {

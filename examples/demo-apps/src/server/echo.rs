@@ -1,10 +1,32 @@
 //! Metadata echo: what lets a test see that the sidecar carries headers and trailers both ways.
 
-use tonic::metadata::{KeyAndValueRef, MetadataMap};
+use std::sync::OnceLock;
+
+use tonic::metadata::{Ascii, KeyAndValueRef, MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 /// The prefix of request metadata keys the server copies back.
 pub const ECHO_PREFIX: &str = "x-echo-";
+
+/// The `x-pad` value every GetUser response carries, if the server was started with padding.
+static PADDING: OnceLock<MetadataValue<Ascii>> = OnceLock::new();
+
+/// Pads every GetUser response's metadata with `x-pad` of `bytes` bytes (0: none).
+pub(crate) fn pad_with(bytes: usize) {
+    if bytes > 0
+        && let Ok(value) = MetadataValue::try_from("p".repeat(bytes))
+    {
+        let _ = PADDING.set(value);
+    }
+}
+
+/// Adds the padding, if any, to a unary response's metadata.
+pub(crate) fn padded(mut echo: MetadataMap) -> MetadataMap {
+    if let Some(pad) = PADDING.get() {
+        echo.insert("x-pad", pad.clone());
+    }
+    echo
+}
 
 /// The request's `x-echo-*` entries (ASCII and binary), for the response's initial metadata
 /// and for the trailers of an error.

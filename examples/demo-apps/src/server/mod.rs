@@ -49,7 +49,13 @@ pub struct Config {
     pub unavailable_after: Option<u64>,
     /// User ids whose production panics (recovered; the user is skipped).
     pub panic_on: HashSet<String>,
+    /// Adds an `x-pad` entry of this many bytes to every GetUser response's metadata (large
+    /// headers).
+    pub metadata_bytes: usize,
 }
+
+/// The most metadata the demo apps accept in one header block: grpc-go's default.
+pub const MAX_METADATA_BYTES: u32 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -126,7 +132,9 @@ pub async fn serve(
 
     // Small messages one at a time (chat, paced streams) must not wait for Nagle.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    echo::pad_with(config.metadata_bytes);
     Server::builder()
+        .http2_max_header_list_size(MAX_METADATA_BYTES)
         .add_service(UserServiceServer::new(user_api))
         .add_service(EventServiceServer::new(event_api))
         .add_service(LedgerServiceServer::new(ledger_api))

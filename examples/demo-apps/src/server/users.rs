@@ -125,7 +125,7 @@ impl UserService for UserApi {
             .db
             .binary_search_by(|u| u.user_id.as_str().cmp(id.as_str()))
         {
-            Ok(i) => Ok(echo::response(self.db[i].clone(), echo)),
+            Ok(i) => Ok(echo::response(self.db[i].clone(), echo::padded(echo))),
             Err(_) => {
                 let message = format!("no user {id}");
                 // A google.rpc.Status in grpc-status-details-bin, as rich-error libraries send.

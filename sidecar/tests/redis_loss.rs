@@ -1,0 +1,202 @@
+//! Redis loses the jobs while their streams run: a Redis without persistence SIGKILLed and
+//! started again empty, a `FLUSHDB`, a copy of the job that is behind (as a replica that had
+//! not received the last writes holds it). None of these is another owner taking the job, so
+//! the app's stream must go on to its end, every message once, and the job must be in Redis
+//! again (written back from the sidecar's own state) with its final status.
+//!
+//! Each test runs its own `redis-server` on a free port, so it can kill and flush it.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const LONG: Duration = Duration::from_secs(120);
+const N: u64 = 20_000;
+
+/// A private `redis-server` without persistence: it restarts empty, as many caches run.
+struct PrivateRedis {
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl PrivateRedis {
+    fn start(w: &World, port: u16) -> PrivateRedis {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        let proc = Proc::spawn("redis-server", &mut cmd, w.path());
+        wait_port(port, Duration::from_secs(20));
+        PrivateRedis {
+            port,
+            proc: Some(proc),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("private redis connection")
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    fn hget(&self, key: &str, field: &str) -> Option<String> {
+        redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query(&mut self.conn())
+            .expect("HGET")
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The talk's GetData, 20,000 Values, about 8 s through the sidecar, with Redis at `redis`.
+fn start_stream(w: &World, redis: &PrivateRedis) -> (Proc, Proc, Proc, std::path::PathBuf) {
+    let n = N.to_string();
+    let server = w.server(&["--data", n.as_str(), "--delay-us", "400"]);
+    let extra = format!("redis_url: {}\n", redis.url());
+    let sidecar = w.sidecar(&w.config_with_streams(false, &World::seed_streams(), &extra));
+    let record = w.path().join("values.txt");
+    let record_arg = record.to_string_lossy().to_string();
+    let client = w.client_proc(&["data", "--expect", &n, "--record", &record_arg]);
+    (server, sidecar, client, record)
+}
+
+fn wait_recorded(client: &mut Proc, record: &std::path::Path, at_least: usize) {
+    wait_until(&format!("{at_least} values recorded"), LONG, || {
+        lines(record).len() >= at_least || matches!(client.child.try_wait(), Ok(Some(_)))
+    });
+}
+
+/// The client got all N values once, in order, with OK; the one job is `completed` in Redis
+/// with N messages; the sidecar counted the write-back and never claimed a takeover.
+fn assert_whole_stream(
+    w: &World,
+    redis: &PrivateRedis,
+    client: &mut Proc,
+    sidecar: &Proc,
+    job_key_of: impl Fn(&str) -> String,
+) {
+    let status = client.wait_exit(LONG);
+    let summary = client.summary();
+    let log = sidecar.log_text();
+    assert!(
+        status.success() && summary["ok"] == true && summary["received"] == N,
+        "the app's stream did not survive Redis losing its job: {summary}\nsidecar log:\n{log}"
+    );
+    for count in ["duplicates", "out_of_order", "missing"] {
+        assert_eq!(summary[count], 0, "{count}: {summary}");
+    }
+    assert!(
+        !log.contains("another owner"),
+        "no other owner exists:\n{log}"
+    );
+    assert!(
+        log.contains("wrote it back from this sidecar's state"),
+        "the write-back is logged:\n{log}"
+    );
+    let ids: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:job:*", w.prefix))
+        .query(&mut redis.conn())
+        .expect("KEYS");
+    assert_eq!(ids.len(), 1, "the job is in Redis again: {ids:?}");
+    let id = ids[0].rsplit(':').next().expect("job id").to_owned();
+    let key = job_key_of(&id);
+    wait_until("job completed in the new Redis", LONG, || {
+        redis.hget(&key, "status").as_deref() == Some("completed")
+    });
+    assert_eq!(redis.hget(&key, "messages"), Some(N.to_string()));
+    assert_eq!(redis.hget(&key, "offset"), Some((N - 1).to_string()));
+    assert!(
+        w.metric("reprise_store_restores_total", &[]) >= 1.0,
+        "{}",
+        w.metrics()
+    );
+    assert_eq!(w.metric("reprise_checkpoint_fenced_total", &[]), 0.0);
+}
+
+/// Redis SIGKILLed 3,000 values in and started again, empty, 3,000 values later (the probe's
+/// case: the app's call ended `UNAVAILABLE … taken over by another owner` after 6–8 k).
+#[test]
+fn a_redis_restarted_empty_mid_stream_is_written_back_and_the_stream_goes_on() {
+    let w = World::new();
+    let port = free_port();
+    let mut redis = PrivateRedis::start(&w, port);
+    let (_server, sidecar, mut client, record) = start_stream(&w, &redis);
+    wait_recorded(&mut client, &record, 3000);
+    redis.kill9();
+    wait_recorded(&mut client, &record, 6000);
+    let redis = PrivateRedis::start(&w, port);
+    let prefix = w.prefix.clone();
+    assert_whole_stream(&w, &redis, &mut client, &sidecar, |id| {
+        format!("{prefix}:job:{id}")
+    });
+}
+
+/// `FLUSHDB` mid-stream, then, once the job is back, a copy of it behind the sidecar: status
+/// `completed` under fence 0, as a replica promoted before it got the claim would hold it.
+#[test]
+fn a_flushed_job_and_a_copy_behind_the_owner_are_written_back() {
+    let w = World::new();
+    let redis = PrivateRedis::start(&w, free_port());
+    let (_server, sidecar, mut client, record) = start_stream(&w, &redis);
+    wait_recorded(&mut client, &record, 3000);
+    let _: () = redis::cmd("FLUSHDB")
+        .query(&mut redis.conn())
+        .expect("FLUSHDB");
+    let key = |id: &str| format!("{}:job:{id}", w.prefix);
+    let job_key = || -> Option<String> {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:job:*", w.prefix))
+            .query(&mut redis.conn())
+            .expect("KEYS");
+        keys.into_iter().next()
+    };
+    wait_until("the job written back after FLUSHDB", LONG, || {
+        job_key().is_some() || matches!(client.child.try_wait(), Ok(Some(_)))
+    });
+    if let Some(k) = job_key() {
+        let _: () = redis::cmd("DEL")
+            .arg(&k)
+            .query(&mut redis.conn())
+            .expect("DEL");
+        let _: () = redis::cmd("HSET")
+            .arg(&k)
+            .arg(
+                &[
+                    "status",
+                    "completed",
+                    "fence",
+                    "0",
+                    "offset",
+                    "5",
+                    "messages",
+                    "6",
+                ][..],
+            )
+            .query(&mut redis.conn())
+            .expect("HSET");
+    }
+    assert_whole_stream(&w, &redis, &mut client, &sidecar, key);
+    assert!(
+        w.metric("reprise_store_restores_total", &[]) >= 2.0,
+        "both losses written back:\n{}",
+        w.metrics()
+    );
+}
