@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::Metrics,
     config::Config,
-    reconcile::{PodView, Signal},
+    reconcile::{PodView, SeenPod, Signal},
     watch::{PodSignal, PodStore, PodWatch, PodWatchConfig},
 };
 
@@ -20,8 +20,15 @@ impl PodView for KubeView {
         self.0.is_ready()
     }
 
-    fn has_pod(&self, name: &str) -> bool {
-        self.0.has_pod_named(name)
+    fn pods_named(&self, name: &str) -> Vec<SeenPod> {
+        self.0
+            .find_by_name(name)
+            .iter()
+            .map(|p| SeenPod {
+                namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                uid: p.metadata.uid.clone(),
+            })
+            .collect()
     }
 }
 
@@ -60,6 +67,18 @@ pub async fn start(
             return Ok(None);
         }
     };
+    Ok(Some(watch(client, config, signals, metrics, shutdown)))
+}
+
+/// Watches the pods `config` selects through `client`: the store becomes the view, the watch's
+/// signals are sent to `signals`. Must be called inside a Tokio runtime.
+pub fn watch(
+    client: kube::Client,
+    config: &Config,
+    signals: mpsc::UnboundedSender<Signal>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Arc<dyn PodView> {
     let watch = PodWatch::spawn(
         client,
         &PodWatchConfig {
@@ -87,19 +106,23 @@ pub async fn start(
                 PodSignal::Dead {
                     namespace,
                     pod,
+                    uid,
                     reason,
                 } => Signal::PodDead {
                     namespace,
                     pod,
+                    uid,
                     reason: reason.as_str(),
                 },
                 PodSignal::ContainerKilled {
                     namespace,
                     pod,
+                    uid,
                     kill,
                 } => Signal::SidecarKilled {
                     namespace,
                     pod,
+                    uid,
                     reason: kill.reason.as_str(),
                     finished_at_ms: kill
                         .finished_at
@@ -111,5 +134,5 @@ pub async fn start(
             }
         }
     });
-    Ok(Some(Arc::new(KubeView(store))))
+    Arc::new(KubeView(store))
 }

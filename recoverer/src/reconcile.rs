@@ -8,17 +8,20 @@
 
 use std::{sync::Arc, time::Instant};
 
-use reprise_jobs::{Event, EventKind, JobStore as _, OrphanIf, Publisher, RedisStore, StoreError};
+use reprise_jobs::{
+    Event, EventKind, JobStore as _, OrphanIf, Owner, Publisher, RedisStore, StoreError,
+};
 
 use crate::admin::{Metrics, ReasonLabels};
 
-/// What the pod watch tells the reconciler.
+/// What the pod watch tells the reconciler. `uid` is that of the pod the signal is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
     /// The whole pod is dead or gone: every job it owns is dead.
     PodDead {
         namespace: String,
         pod: String,
+        uid: Option<String>,
         reason: &'static str,
     },
     /// The sidecar container was killed (OOM, SIGKILL) at `finished_at_ms` (epoch ms); a
@@ -26,16 +29,35 @@ pub enum Signal {
     SidecarKilled {
         namespace: String,
         pod: String,
+        uid: Option<String>,
         reason: &'static str,
         finished_at_ms: Option<u64>,
     },
 }
 
+/// A pod of the store, as far as job ownership goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenPod {
+    pub namespace: String,
+    pub uid: Option<String>,
+}
+
 /// The reconciler's view of the pods: `None` while not synced (no Kubernetes, or the initial
-/// list is not in yet); then whether a pod of that name exists.
+/// list is not in yet); then which pods of a name exist.
 pub trait PodView: Send + Sync {
     fn synced(&self) -> bool;
-    fn has_pod(&self, name: &str) -> bool;
+    /// Every watched pod called `name`, whatever its namespace.
+    fn pods_named(&self, name: &str) -> Vec<SeenPod>;
+}
+
+/// Whether `owner` may be running in `pod` (a pod of the owner's pod name): by uid when both
+/// know it, else by namespace when both know it; an owner that recorded neither may be in any
+/// pod of its name. The orphan script applies the same rule.
+fn may_run_in(owner: &Owner, pod: &SeenPod) -> bool {
+    let seen = Owner::new(owner.pod.clone(), "")
+        .in_namespace(pod.namespace.clone())
+        .with_uid(pod.uid.clone().unwrap_or_default());
+    owner.same_pod(&seen)
 }
 
 pub struct Reconciler {
@@ -84,14 +106,22 @@ impl Reconciler {
             let Some(job) = self.redis.get(&id).await? else {
                 continue;
             };
-            if view.has_pod(&job.owner.pod) {
+            let owner = &job.owner;
+            if view
+                .pods_named(&owner.pod)
+                .iter()
+                .any(|p| may_run_in(owner, p))
+            {
                 continue;
             }
             let cond = OrphanIf::OwnedBy {
-                pod: job.owner.pod.clone(),
+                pod: owner.pod.clone(),
+                namespace: owner.namespace.clone().unwrap_or_default(),
+                uid: owner.uid.clone(),
                 spare: None,
+                include_unknown_namespace: true,
             };
-            let why = format!("owner pod {} no longer exists", job.owner.pod);
+            let why = format!("owner pod {} no longer exists", owner.pod_ref());
             if self.orphan(&id, &cond, "pod_absent", &why).await? {
                 orphaned += 1;
             }
@@ -101,25 +131,28 @@ impl Reconciler {
 
     /// Acts on one signal from the pod watch.
     pub async fn on_signal(&self, signal: &Signal) -> Result<usize, StoreError> {
-        let (namespace, pod, reason, spare) = match signal {
+        let (namespace, pod, uid, reason, spare) = match signal {
             Signal::PodDead {
                 namespace,
                 pod,
+                uid,
                 reason,
-            } => (namespace, pod, *reason, None),
+            } => (namespace, pod, uid, *reason, None),
             Signal::SidecarKilled {
                 namespace,
                 pod,
+                uid,
                 reason,
                 finished_at_ms,
             } => {
                 // A sidecar that registered after the kill is the restarted container: its
                 // jobs are alive. Every other instance of this pod is dead.
-                let spare = match (self.redis.sidecar_of(pod).await?, finished_at_ms) {
+                let registered = self.redis.sidecar_of(namespace, pod).await?;
+                let spare = match (registered, finished_at_ms) {
                     (Some(s), Some(at)) if s.started_at_ms > *at => Some(s.instance),
                     _ => None,
                 };
-                (namespace, pod, *reason, spare)
+                (namespace, pod, uid, *reason, spare)
             }
         };
         self.metrics
@@ -128,9 +161,15 @@ impl Reconciler {
                 reason: reason.to_owned(),
             })
             .inc();
+        // A job that recorded no namespace (an older sidecar) may belong to a namesake in
+        // another namespace; while one is live there, its lease decides.
+        let include_unknown_namespace = !self.namesake_elsewhere(namespace, pod);
         let cond = OrphanIf::OwnedBy {
             pod: pod.clone(),
+            namespace: namespace.clone(),
+            uid: uid.clone(),
             spare,
+            include_unknown_namespace,
         };
         let why = format!("pod {namespace}/{pod}: {reason}");
         let mut orphaned = 0;
@@ -142,12 +181,27 @@ impl Reconciler {
         tracing::info!(%namespace, %pod, reason, orphaned, "owner seen dead");
         if matches!(signal, Signal::PodDead { .. })
             && let Some(publisher) = &self.publisher
-            && self.redis.first_to_report_pod(pod, POD_REPORT_TTL).await?
+            && self
+                .redis
+                .first_to_report_pod(namespace, pod, POD_REPORT_TTL)
+                .await?
             && let Err(e) = publisher.publish(&Event::pod_killed(pod, namespace)).await
         {
             tracing::warn!(%pod, error = %e, "pod.killed not published");
         }
         Ok(orphaned)
+    }
+
+    /// Whether a pod called `pod` is watched in a namespace other than `namespace`, or the
+    /// store cannot tell yet.
+    fn namesake_elsewhere(&self, namespace: &str, pod: &str) -> bool {
+        match self.pods.as_ref().filter(|v| v.synced()) {
+            Some(view) => view
+                .pods_named(pod)
+                .iter()
+                .any(|p| p.namespace != namespace),
+            None => true,
+        }
     }
 
     /// Orphans one job if `cond` still holds; publishes `job.orphaned.{service}` when this call
@@ -172,7 +226,7 @@ impl Reconciler {
         tracing::info!(
             job.id = %id,
             fence,
-            owner.pod = record.as_ref().map(|r| r.owner.pod.as_str()).unwrap_or(""),
+            owner.pod = record.as_ref().map(|r| r.owner.pod_ref()).unwrap_or_default(),
             offset = record.as_ref().and_then(|r| r.offset.as_deref()).unwrap_or(""),
             reason = why,
             "job orphaned"

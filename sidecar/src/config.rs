@@ -18,6 +18,8 @@ pub const KEYS: &[&str] = &[
     "key_prefix",
     "service",
     "pod_name",
+    "pod_namespace",
+    "pod_uid",
     "metrics_listen",
     "checkpoint_interval",
     "lease_ttl",
@@ -67,6 +69,10 @@ pub struct Config {
     pub key_prefix: String,
     pub service: String,
     pub pod_name: String,
+    /// Recorded as the job's `owner_namespace`; empty when unknown.
+    pub pod_namespace: String,
+    /// Recorded as the job's `owner_uid`; empty when unknown.
+    pub pod_uid: String,
     pub metrics_listen: SocketAddr,
     pub checkpoint_interval: Duration,
     pub lease_ttl: Duration,
@@ -210,6 +216,8 @@ impl Config {
         let key_prefix = p.string("key_prefix", Some("reprise".into()));
         let service = p.string("service", Some("default".into()));
         let pod_name = p.string("pod_name", env.get("POD_NAME").cloned().or_else(hostname));
+        let pod_namespace = p.string("pod_namespace", env.get("POD_NAMESPACE").cloned());
+        let pod_uid = p.string("pod_uid", env.get("POD_UID").cloned());
         let metrics_listen = p.addr("metrics_listen", "127.0.0.1:15090");
         let checkpoint_interval = p.duration("checkpoint_interval", "100ms");
         let lease_ttl = p.duration("lease_ttl", "10s");
@@ -291,6 +299,8 @@ impl Config {
             key_prefix,
             service,
             pod_name,
+            pod_namespace,
+            pod_uid,
             metrics_listen,
             checkpoint_interval,
             lease_ttl,
@@ -737,6 +747,43 @@ mod tests {
         assert_eq!(c.streams[0].method, "a.B/C");
         assert_eq!(c.streams[0].retry_codes, vec![14]);
         assert_eq!(c.descriptors, DescriptorSource::Reflection);
+    }
+
+    #[test]
+    fn the_pod_is_named_by_the_downward_api_or_the_config() {
+        let downward = BTreeMap::from([
+            ("POD_NAME".to_owned(), "users-0".to_owned()),
+            ("POD_NAMESPACE".to_owned(), "demo".to_owned()),
+            (
+                "POD_UID".to_owned(),
+                "0b6c2e5e-6c1d-4d7e-9c55-1f0f1c2d3e4f".to_owned(),
+            ),
+        ]);
+        let c = Config::parse("", &downward).expect("valid");
+        assert_eq!(
+            (
+                c.pod_name.as_str(),
+                c.pod_namespace.as_str(),
+                c.pod_uid.as_str()
+            ),
+            ("users-0", "demo", "0b6c2e5e-6c1d-4d7e-9c55-1f0f1c2d3e4f")
+        );
+        let c = Config::parse("pod_namespace: file\npod_uid: u-file\n", &BTreeMap::new())
+            .expect("valid");
+        assert_eq!(
+            (c.pod_namespace.as_str(), c.pod_uid.as_str()),
+            ("file", "u-file")
+        );
+        let mut env = downward;
+        env.insert("REPRISE_POD_NAMESPACE".to_owned(), "override".to_owned());
+        let c = Config::parse("pod_namespace: file\n", &env).expect("valid");
+        assert_eq!(c.pod_namespace, "override");
+        let c = Config::parse("", &BTreeMap::new()).expect("valid");
+        assert_eq!(
+            (c.pod_namespace.as_str(), c.pod_uid.as_str()),
+            ("", ""),
+            "unknown"
+        );
     }
 
     #[test]
