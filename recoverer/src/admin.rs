@@ -32,6 +32,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Counter,
     pub kube_synced: Gauge,
+    pub unknown_owners: Gauge,
 }
 
 impl Default for Metrics {
@@ -42,6 +43,7 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
         let reconcile_errors = Counter::default();
         let kube_synced = Gauge::default();
+        let unknown_owners = Gauge::default();
         registry.register(
             "pods_dead",
             "Pods (or sidecar containers) seen dead, by reason",
@@ -67,6 +69,11 @@ impl Default for Metrics {
             "1 once the pod reflector has its initial list",
             kube_synced.clone(),
         );
+        registry.register(
+            "unknown_owners",
+            "Owners of running jobs the pod store does not hold (two passes in a row): their jobs are left to their leases",
+            unknown_owners.clone(),
+        );
         Metrics {
             registry,
             pods_dead,
@@ -74,6 +81,7 @@ impl Default for Metrics {
             reconcile_duration,
             reconcile_errors,
             kube_synced,
+            unknown_owners,
         }
     }
 }

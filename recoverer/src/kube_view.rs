@@ -13,15 +13,23 @@ use crate::{
     watch::{PodSignal, PodStore, PodWatch, PodWatchConfig},
 };
 
-struct KubeView(PodStore);
+struct KubeView {
+    store: PodStore,
+    /// `namespaces: [...], label_selector: ...`, for messages.
+    scope: String,
+}
 
 impl PodView for KubeView {
     fn synced(&self) -> bool {
-        self.0.is_ready()
+        self.store.is_ready()
+    }
+
+    fn scope(&self) -> String {
+        self.scope.clone()
     }
 
     fn pods_named(&self, name: &str) -> Vec<SeenPod> {
-        self.0
+        self.store
             .find_by_name(name)
             .iter()
             .map(|p| SeenPod {
@@ -134,5 +142,13 @@ pub fn watch(
             }
         }
     });
-    Arc::new(KubeView(store))
+    let namespaces = match config.namespaces.as_slice() {
+        [] => "[] (all)".to_owned(),
+        some => format!("[{}]", some.join(", ")),
+    };
+    let scope = format!(
+        "namespaces: {namespaces}, label_selector: {}",
+        config.label_selector
+    );
+    Arc::new(KubeView { store, scope })
 }

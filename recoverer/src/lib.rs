@@ -9,4 +9,5 @@ pub mod config;
 pub mod kube_view;
 pub mod pods;
 pub mod reconcile;
+pub mod unseen;
 pub mod watch;

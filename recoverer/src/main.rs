@@ -138,12 +138,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     if pods.is_none() {
         tracing::info!("running on leases alone (no Kubernetes)");
     }
-    let reconciler = Reconciler {
-        redis,
-        publisher: bus.as_ref().map(|(_, p)| p.clone()),
-        pods,
-        metrics,
-    };
+    let reconciler = Reconciler::new(redis, bus.as_ref().map(|(_, p)| p.clone()), pods, metrics);
     tracing::info!(
         prefix = %config.key_prefix,
         interval = %humantime::format_duration(config.reconcile_interval),

@@ -1,18 +1,29 @@
 //! Reassigning the jobs of dead owners: level-triggered, idempotent, fenced.
 //!
-//! Every `reconcile_interval` the whole state is checked again (expired leases; running jobs
-//! whose owner pod is gone from the synced pod store), so progress never depends on seeing every
-//! Kubernetes event. Pod signals only make it fast. Every change is one fenced Lua script that
-//! applies only to a job still `running` under the dead owner, so two recoverers at once (or a
-//! signal racing a reconcile) cannot orphan a job twice or publish its event twice.
+//! Two kinds of evidence orphan a job. A lease that expired (checked every
+//! `reconcile_interval`, so progress never depends on seeing a Kubernetes event: a recoverer
+//! that was down catches up on its first pass) and a pod signal (the pod, or its sidecar
+//! container, was seen dead), which only makes it fast. Absence from the pod store is not
+//! evidence: a pod the watch does not select (label, namespace, a `pod_name` that is not the
+//! pod's) streams and renews its leases all the same, so such owners are left to their leases
+//! and reported ([`crate::unseen`]). Every change is one fenced Lua script that applies only to
+//! a job still `running` under the dead owner, so two recoverers at once (or a signal racing a
+//! reconcile) cannot orphan a job twice or publish its event twice.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
 
 use reprise_jobs::{
     Event, EventKind, JobStore as _, OrphanIf, Owner, Publisher, RedisStore, StoreError,
 };
 
-use crate::admin::{Metrics, ReasonLabels};
+use crate::{
+    admin::{Metrics, ReasonLabels},
+    unseen::{REPORT_EVERY, UnseenOwners},
+};
 
 /// What the pod watch tells the reconciler. `uid` is that of the pod the signal is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +59,8 @@ pub trait PodView: Send + Sync {
     fn synced(&self) -> bool;
     /// Every watched pod called `name`, whatever its namespace.
     fn pods_named(&self, name: &str) -> Vec<SeenPod>;
+    /// What is watched, for operators: the namespaces and the label selector.
+    fn scope(&self) -> String;
 }
 
 /// Whether `owner` may be running in `pod` (a pod of the owner's pod name): by uid when both
@@ -61,16 +74,33 @@ fn may_run_in(owner: &Owner, pod: &SeenPod) -> bool {
 }
 
 pub struct Reconciler {
-    pub redis: RedisStore,
-    pub publisher: Option<Publisher>,
-    pub pods: Option<Arc<dyn PodView>>,
-    pub metrics: Arc<Metrics>,
+    redis: RedisStore,
+    publisher: Option<Publisher>,
+    pods: Option<Arc<dyn PodView>>,
+    metrics: Arc<Metrics>,
+    unseen: Mutex<UnseenOwners>,
 }
 
 /// How long a `pod.killed` report is remembered, so it is published once per pod.
 const POD_REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Reconciler {
+    /// `pods` is `None` without Kubernetes (leases alone); `publisher` `None` without a broker.
+    pub fn new(
+        redis: RedisStore,
+        publisher: Option<Publisher>,
+        pods: Option<Arc<dyn PodView>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            redis,
+            publisher,
+            pods,
+            metrics,
+            unseen: Mutex::default(),
+        }
+    }
+
     /// One full pass. Returns the number of jobs orphaned.
     pub async fn reconcile(&self) -> Result<usize, StoreError> {
         let started = Instant::now();
@@ -99,34 +129,61 @@ impl Reconciler {
                 orphaned += 1;
             }
         }
+        self.report_unseen_owners().await?;
+        Ok(orphaned)
+    }
+
+    /// Finds the owners of running jobs that the synced pod store does not hold; their jobs
+    /// are left to their leases, and the owners are counted and logged (see [`crate::unseen`]).
+    async fn report_unseen_owners(&self) -> Result<(), StoreError> {
         let Some(view) = self.pods.as_ref().filter(|v| v.synced()) else {
-            return Ok(orphaned);
+            self.lock_unseen().clear();
+            self.metrics.unknown_owners.set(0);
+            return Ok(());
         };
+        // owner (namespace/pod) → (its running jobs, one of them)
+        let mut unseen: BTreeMap<String, (usize, String)> = BTreeMap::new();
         for id in self.redis.running_jobs().await? {
             let Some(job) = self.redis.get(&id).await? else {
                 continue;
             };
             let owner = &job.owner;
-            if view
+            let seen = view
                 .pods_named(&owner.pod)
                 .iter()
-                .any(|p| may_run_in(owner, p))
-            {
-                continue;
-            }
-            let cond = OrphanIf::OwnedBy {
-                pod: owner.pod.clone(),
-                namespace: owner.namespace.clone().unwrap_or_default(),
-                uid: owner.uid.clone(),
-                spare: None,
-                include_unknown_namespace: true,
-            };
-            let why = format!("owner pod {} no longer exists", owner.pod_ref());
-            if self.orphan(&id, &cond, "pod_absent", &why).await? {
-                orphaned += 1;
+                .any(|p| may_run_in(owner, p));
+            if !seen {
+                let entry = unseen.entry(owner.pod_ref()).or_insert((0, id));
+                entry.0 += 1;
             }
         }
-        Ok(orphaned)
+        let findings = self
+            .lock_unseen()
+            .pass(unseen.keys().cloned(), Instant::now());
+        self.metrics
+            .unknown_owners
+            .set(i64::try_from(findings.confirmed.len()).unwrap_or(i64::MAX));
+        for owner in findings.to_report {
+            let (jobs, example) = &unseen[&owner];
+            tracing::warn!(
+                owner.pod = %owner,
+                jobs,
+                job.id = %example,
+                watched = %view.scope(),
+                "the owner of running jobs is not in the pod store; its jobs are left to their \
+                 leases (a kill is noticed only once a lease expires). Check the pod's labels \
+                 against label_selector, its namespace against namespaces, and that the \
+                 sidecar's POD_NAME (pod_name) is the pod's name, not a hostname. Logged again \
+                 in {} if it persists",
+                humantime::format_duration(REPORT_EVERY)
+            );
+        }
+        Ok(())
+    }
+
+    fn lock_unseen(&self) -> std::sync::MutexGuard<'_, UnseenOwners> {
+        // The tracker is left consistent before anything can panic.
+        self.unseen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Acts on one signal from the pod watch.

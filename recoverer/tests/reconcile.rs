@@ -9,7 +9,7 @@ mod support;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Pod;
-use reprise_jobs::{JobStatus, JobStore as _, Owner, RedisStore};
+use reprise_jobs::{Checkpoint, JobStatus, JobStore as _, Owner, RedisStore, Write};
 use reprise_recoverer::{
     admin::Metrics,
     config::Config,
@@ -30,6 +30,7 @@ const LONG_LEASE: Duration = Duration::from_secs(60);
 struct Harness {
     api: FakeApiServer,
     reconciler: Reconciler,
+    metrics: Arc<Metrics>,
     signals: mpsc::UnboundedReceiver<Signal>,
     store: RedisStore,
     shutdown: CancellationToken,
@@ -65,15 +66,11 @@ async fn start(pods: Vec<Pod>, yaml: &str) -> Harness {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let reconciler = Reconciler {
-        redis: store.clone(),
-        publisher: None,
-        pods: Some(view),
-        metrics,
-    };
+    let reconciler = Reconciler::new(store.clone(), None, Some(view), metrics.clone());
     Harness {
         api,
         reconciler,
+        metrics,
         signals,
         store,
         shutdown,
@@ -95,9 +92,13 @@ impl Harness {
     }
 
     async fn claim(&self, job_id: &str, owner: &Owner) {
+        self.claim_for(job_id, owner, LONG_LEASE).await;
+    }
+
+    async fn claim_for(&self, job_id: &str, owner: &Owner, lease: Duration) {
         let claim = self
             .store
-            .claim(&new_job(job_id, owner, LONG_LEASE))
+            .claim(&new_job(job_id, owner, lease))
             .await
             .expect("claim");
         assert!(claim.fence().is_some(), "{job_id}: {claim:?}");
@@ -252,4 +253,142 @@ async fn a_sidecar_kill_spares_the_restarted_instance_whatever_its_namesakes_do(
     assert_eq!(h.status("j-killed").await, JobStatus::Orphaned);
     assert_eq!(h.status("j-restarted").await, JobStatus::Running);
     assert_eq!(h.status("j-namesake").await, JobStatus::Running);
+}
+
+/// A sidecar whose pod is not in the recoverer's store (label missing, namespace not watched,
+/// or a `pod_name` that fell back to a hostname that is not the pod's name) but that renews
+/// its lease keeps its job; once it stops renewing, the lease decides as for any owner.
+#[tokio::test]
+async fn reconcile_leaves_an_owner_it_cannot_see_to_its_lease() {
+    let h = start(vec![injected_pod("demo", "users-0")], "namespaces: []\n").await;
+    let lease = Duration::from_millis(1500);
+    let unseen = Owner::new("users-0.users.demo.svc", "i-1").in_namespace("demo");
+    h.claim_for("j1", &unseen, lease).await;
+
+    // Renew for two whole leases, reconciling between renewals.
+    let until = tokio::time::Instant::now() + 2 * lease;
+    let mut messages = 0;
+    while tokio::time::Instant::now() < until {
+        assert_eq!(h.reconciler.reconcile().await.expect("Redis"), 0);
+        messages += 1;
+        let renewal = Checkpoint {
+            job_id: "j1".into(),
+            fence: 1,
+            offset: Some(messages.to_string()),
+            messages,
+            lease_ttl: lease,
+        };
+        assert_eq!(
+            h.store.checkpoint(&renewal).await.expect("Redis"),
+            Write::Ok,
+            "the renewing owner lost its job: {:?}",
+            record(&h.store, "j1").await.last_error
+        );
+        tokio::time::sleep(lease / 5).await;
+    }
+
+    // It stops renewing: a pass after the lease has lapsed orphans the job.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.reconciler.reconcile().await.expect("Redis") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never orphaned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = record(&h.store, "j1").await;
+    assert_eq!(job.status, JobStatus::Orphaned);
+    assert_eq!(job.offset, Some(messages.to_string()));
+    assert!(
+        job.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("lease expired")),
+        "{:?}",
+        job.last_error
+    );
+}
+
+/// Log lines written while the guard lives (this thread only: the test runtime runs every
+/// task on it).
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        (Self(buffer), tracing::subscriber::set_default(subscriber))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let bytes = self.0.lock().expect("log buffer").clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains(" WARN "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An owner the store does not hold shows in `reprise_recoverer_unknown_owners` and is logged
+/// once, saying what to check; its jobs keep running.
+#[tokio::test]
+async fn an_unknown_owner_is_counted_and_logged_once() {
+    let (logs, _guard) = Logs::capture();
+    let h = start(vec![injected_pod("demo", "users-0")], "namespaces: []\n").await;
+    let unseen = Owner::new("users-0.users.demo.svc", "i-1").in_namespace("demo");
+    h.claim("j1", &unseen).await;
+    h.claim("j2", &unseen).await;
+    h.claim("j3", &h.owner("demo", "users-0", "i-2")).await;
+    let gauge = |metrics: &Metrics| {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("reprise_recoverer_unknown_owners "))
+            .map(str::to_owned)
+    };
+
+    assert_eq!(h.reconciler.reconcile().await.expect("Redis"), 0);
+    assert_eq!(
+        gauge(&h.metrics).as_deref(),
+        Some("0"),
+        "one pass is no proof"
+    );
+    for _ in 0..3 {
+        assert_eq!(h.reconciler.reconcile().await.expect("Redis"), 0);
+        assert_eq!(gauge(&h.metrics).as_deref(), Some("1"));
+    }
+    let warnings = logs.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    for needle in [
+        "demo/users-0.users.demo.svc",
+        "jobs=2",
+        "label_selector",
+        "namespaces",
+        "POD_NAME",
+        "reprise.dev/injected=true",
+    ] {
+        assert!(
+            warnings[0].contains(needle),
+            "{needle:?} in {}",
+            warnings[0]
+        );
+    }
+    for id in ["j1", "j2", "j3"] {
+        assert_eq!(h.status(id).await, JobStatus::Running, "{id}");
+    }
 }
