@@ -627,18 +627,9 @@ pub fn code_from_name(name: &str) -> Option<i32> {
     })
 }
 
-/// A URL with its password replaced, for logs and errors.
+/// A URL with its password replaced, for logs and errors: the one redactor every binary uses.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    reprise_jobs::redact_url(url)
 }
 
 #[cfg(test)]
@@ -793,5 +784,20 @@ mod tests {
             "amqp://guest:***@host:5672/%2f"
         );
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redact("redis+unix:///run/redis.sock?db=1&password=secret"),
+            "redis+unix:///run/redis.sock?db=1&password=***"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_named_without_its_password() {
+        let errors = parse("redis_url: foo://u:secret@h:6379\namqp_url: x://h/?password=secret\n")
+            .expect_err("bad schemes")
+            .0
+            .join("\n");
+        assert!(errors.contains("key `redis_url`"), "{errors}");
+        assert!(errors.contains("key `amqp_url`"), "{errors}");
+        assert!(!errors.contains("secret"), "{errors}");
     }
 }
