@@ -18,6 +18,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use reprise_jobs::Acceptor;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,13 +108,12 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
+    // Out of file descriptors, accept fails until some are freed: back off, log sparingly.
+    let mut acceptor = Acceptor::new(listener, "admin");
     loop {
-        let stream = tokio::select! {
+        let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
+            accepted = acceptor.accept() => accepted,
         };
         let (metrics, health) = (metrics.clone(), health.clone());
         let service = service_fn(move |req: Request<Incoming>| {
