@@ -94,7 +94,10 @@ fn wait_for_log(log: &Path, needle: &str) -> String {
         if text.contains(needle) {
             return text;
         }
-        assert!(Instant::now() < deadline, "no {needle:?} within {WAIT:?}:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} within {WAIT:?}:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -107,13 +110,19 @@ fn unreachable_servers_are_logged_without_their_passwords() {
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let cases = [
         (
-            vec![("REPRISE_REDIS_URL", "redis://u:s3cr3t-pw@127.0.0.1:1/0".to_owned())],
+            vec![(
+                "REPRISE_REDIS_URL",
+                "redis://u:s3cr3t-pw@127.0.0.1:1/0".to_owned(),
+            )],
             "redis unreachable",
         ),
         (
             vec![
                 ("REPRISE_REDIS_URL", redis),
-                ("REPRISE_AMQP_URL", "amqp://u:s3cr3t-pw@127.0.0.1:1/%2f".to_owned()),
+                (
+                    "REPRISE_AMQP_URL",
+                    "amqp://u:s3cr3t-pw@127.0.0.1:1/%2f".to_owned(),
+                ),
             ],
             "cannot connect to RabbitMQ",
         ),
@@ -133,4 +142,15 @@ fn unreachable_servers_are_logged_without_their_passwords() {
         assert!(text.contains("u:***@127.0.0.1:1"), "{text}");
         assert!(!text.contains(SECRET), "leaks: {text}");
     }
+}
+
+#[test]
+fn a_busy_metrics_listen_port_is_exit_2_naming_the_key() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let addr = holder.local_addr().expect("local addr").to_string();
+    let output = recoverer(&[], &[("REPRISE_METRICS_LISTEN", &addr)]);
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{all}");
+    assert!(all.contains("`metrics_listen`"), "{all}");
+    assert!(all.contains(&addr), "{all}");
 }
