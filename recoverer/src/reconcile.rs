@@ -17,7 +17,7 @@ use std::{
 };
 
 use reprise_jobs::{
-    Event, EventKind, JobStore as _, OrphanIf, Owner, Publisher, RedisStore, StoreError,
+    Event, EventKind, JobStatus, JobStore as _, OrphanIf, Owner, Publisher, RedisStore, StoreError,
 };
 
 use crate::{
@@ -144,8 +144,15 @@ impl Reconciler {
         // owner (namespace/pod) → (its running jobs, one of them)
         let mut unseen: BTreeMap<String, (usize, String)> = BTreeMap::new();
         for id in self.redis.running_jobs().await? {
-            let Some(job) = self.redis.get(&id).await? else {
-                continue;
+            let job = match self.redis.get(&id).await {
+                Ok(Some(job)) if job.status == JobStatus::Running => job,
+                Ok(_) => continue,
+                Err(e) if e.is_unavailable() => return Err(e),
+                // A hash someone else wrote: nothing to report about its owner.
+                Err(e) => {
+                    tracing::debug!(job.id = %id, error = %e, "unreadable job skipped");
+                    continue;
+                }
             };
             let owner = &job.owner;
             let seen = view
@@ -164,7 +171,9 @@ impl Reconciler {
             .unknown_owners
             .set(i64::try_from(findings.confirmed.len()).unwrap_or(i64::MAX));
         for owner in findings.to_report {
-            let (jobs, example) = &unseen[&owner];
+            let Some((jobs, example)) = unseen.get(&owner) else {
+                continue;
+            };
             tracing::warn!(
                 owner.pod = %owner,
                 jobs,
