@@ -85,7 +85,7 @@ pub struct LsArgs {
     /// Only jobs of this service (the sidecar's `service`).
     #[arg(long)]
     pub service: Option<String>,
-    /// Only jobs whose current or last owner is this pod.
+    /// Only jobs whose current or last owner is this pod (`NAME`, or `NAMESPACE/NAME`).
     #[arg(long)]
     pub pod: Option<String>,
     /// At most this many jobs (the most recently updated).

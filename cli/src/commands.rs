@@ -80,7 +80,10 @@ pub async fn show(jobs: &Jobs, id: &str, output: Output) -> anyhow::Result<Outco
 fn selects(args: &LsArgs, job: &JobRecord) -> bool {
     args.status.is_none_or(|status| job.status == status)
         && args.service.as_ref().is_none_or(|s| *s == job.service)
-        && args.pod.as_ref().is_none_or(|pod| *pod == job.owner.pod)
+        && args
+            .pod
+            .as_ref()
+            .is_none_or(|pod| *pod == job.owner.pod || *pod == job.owner.pod_ref())
 }
 
 fn unreadable(id: &str, e: &StoreError) -> String {
@@ -136,6 +139,14 @@ mod tests {
         assert!(!selects(
             &by(Some(JobStatus::Running), None, Some("pod-b")),
             &a
+        ));
+        let mut namespaced = job(JobStatus::Running, "svc-a", "pod-a");
+        namespaced.owner = namespaced.owner.in_namespace("demo");
+        assert!(selects(&by(None, None, Some("pod-a")), &namespaced));
+        assert!(selects(&by(None, None, Some("demo/pod-a")), &namespaced));
+        assert!(!selects(
+            &by(None, None, Some("staging/pod-a")),
+            &namespaced
         ));
     }
 }

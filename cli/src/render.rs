@@ -35,7 +35,7 @@ pub fn table(jobs: &[JobRecord], now: u64) -> String {
                 offset.map_or_else(|| "-".to_owned(), |o| cell(&o)),
                 job.messages.to_string(),
                 job.resumes.to_string(),
-                cell(&job.owner.pod),
+                cell(&job.owner.pod_ref()),
                 job.fence.to_string(),
                 ago(now, job.updated_at_ms),
                 lease(job, now),
@@ -109,7 +109,7 @@ pub fn details(job: &JobRecord, now: u64) -> String {
         };
         format!("{until} ({}, {relative})", rfc3339(until))
     };
-    let fields: [(&str, String); 16] = [
+    let fields: [(&str, String); 18] = [
         ("job_id", text(&job.job_id)),
         ("service", text(&job.service)),
         ("method", text(&job.method)),
@@ -117,6 +117,14 @@ pub fn details(job: &JobRecord, now: u64) -> String {
         ("offset", job.offset.as_deref().map_or_else(none, text)),
         ("owner_pod", text(&job.owner.pod)),
         ("owner_instance", text(&job.owner.instance)),
+        (
+            "owner_namespace",
+            job.owner.namespace.as_deref().map_or_else(none, text),
+        ),
+        (
+            "owner_uid",
+            job.owner.uid.as_deref().map_or_else(none, text),
+        ),
         ("fence", job.fence.to_string()),
         ("started_at", time(job.started_at_ms)),
         ("updated_at", time(job.updated_at_ms)),
@@ -222,6 +230,8 @@ pub struct JobJson<'a> {
     offset: Option<&'a str>,
     owner_pod: &'a str,
     owner_instance: &'a str,
+    owner_namespace: Option<&'a str>,
+    owner_uid: Option<&'a str>,
     fence: u64,
     started_at: u64,
     updated_at: u64,
@@ -244,6 +254,8 @@ impl<'a> From<&'a JobRecord> for JobJson<'a> {
             offset: job.offset.as_deref(),
             owner_pod: &job.owner.pod,
             owner_instance: &job.owner.instance,
+            owner_namespace: job.owner.namespace.as_deref(),
+            owner_uid: job.owner.uid.as_deref(),
             fence: job.fence,
             started_at: job.started_at_ms,
             updated_at: job.updated_at_ms,
@@ -292,6 +304,13 @@ mod tests {
         let mut long = job("a-much-longer-job-id", JobStatus::Interrupted);
         long.offset = Some("ab".repeat(40));
         let out = table(&[job("j1", JobStatus::Running), long], NOW);
+        let mut namespaced = job("j2", JobStatus::Running);
+        namespaced.owner = Owner::new("pod-a", "i-1").in_namespace("demo");
+        let with_namespace = table(&[namespaced], NOW);
+        assert!(
+            with_namespace.contains("   demo/pod-a   "),
+            "the owner as kubectl names it: {with_namespace}"
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
@@ -343,6 +362,7 @@ mod tests {
         let record = job("j1", JobStatus::Running);
         let value = serde_json::to_value(JobJson::from(&record))?;
         assert_eq!(value["owner_pod"], "pod-a");
+        assert_eq!(value["owner_namespace"], serde_json::Value::Null);
         assert_eq!(value["fence"], 3);
         assert_eq!(value["finished_at"], serde_json::Value::Null);
         assert_eq!(value["request_json"]["topic"], "t");

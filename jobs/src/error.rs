@@ -65,42 +65,48 @@ impl StoreError {
     }
 }
 
-/// `url` with its password replaced by `***`, fit for logs and error messages.
+/// `url` with its password replaced by `***`, fit for logs and error messages. The one
+/// redactor of every binary: whatever reaches a log line or an error message goes through it.
 ///
-/// Covers `redis://user:pass@host`, `redis://:pass@host` and the `?password=`/`?pass=` query
-/// parameters that unix-socket URLs use.
+/// Covers `redis://user:pass@host`, `redis://:pass@host` (also when the password holds an
+/// unencoded `/`, `?`, `#` or `@`) and the `?password=`/`?pass=` query parameters that
+/// unix-socket URLs use. When in doubt it masks too much rather than too little.
 pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_query(url);
     };
-    let mut out = match base.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(authority_end);
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
-                    // A user name alone is no secret.
-                    None => base.to_owned(),
-                },
-                None => base.to_owned(),
-            }
-        }
-        None => base.to_owned(),
-    };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((name, _)) if name == "password" || name == "pass" => format!("{name}=***"),
-                _ => param.to_owned(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
+    // The host cannot contain `@`, so credentials end at the last one. A path-only URL
+    // (`redis+unix:///run/redis.sock`) has no authority.
+    let credentials = (!rest.starts_with('/'))
+        .then(|| rest.rsplit_once('@'))
+        .flatten();
+    match credentials {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{}", redact_query(host)),
+            // A user name alone is no secret.
+            None => format!("{scheme}://{userinfo}@{}", redact_query(host)),
+        },
+        None => format!("{scheme}://{}", redact_query(rest)),
     }
-    out
+}
+
+/// `text` with the values of its `password`/`pass` query parameters masked.
+fn redact_query(text: &str) -> String {
+    let Some((base, query)) = text.split_once('?') else {
+        return text.to_owned();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _))
+                if name.eq_ignore_ascii_case("password") || name.eq_ignore_ascii_case("pass") =>
+            {
+                format!("{name}=***")
+            }
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
 }
 
 #[cfg(test)]
@@ -121,6 +127,37 @@ mod tests {
             redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
             "redis+unix:///run/redis.sock?db=1&pass=***"
         );
+        assert_eq!(
+            redact_url("redis://h:6379/0?password=s3cret&protocol=resp3"),
+            "redis://h:6379/0?password=***&protocol=resp3"
+        );
+        assert_eq!(
+            redact_url("foo://u:s3cret@h:6379"),
+            "foo://u:***@h:6379",
+            "whatever the scheme"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:s3cret@host:5672/%2f?heartbeat=10"),
+            "amqp://guest:***@host:5672/%2f?heartbeat=10"
+        );
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_are_masked_whole() {
+        for url in [
+            "redis://u:s3/cret@h:6379/0",
+            "redis://u:s3?cret@h:6379",
+            "redis://u:s3#cret@h:6379",
+            "redis://u:s3@cret@h:6379",
+            "redis://u:s3cret@h:6379/0?Password=s3cret",
+        ] {
+            let redacted = redact_url(url);
+            assert!(!redacted.contains("cret"), "{url} → {redacted}");
+            assert!(
+                redacted.starts_with("redis://u:***@h:6379"),
+                "{url} → {redacted}"
+            );
+        }
     }
 
     #[test]

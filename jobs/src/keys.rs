@@ -35,16 +35,26 @@ impl Keys {
         format!("{}:pod:{pod}:jobs", self.prefix)
     }
 
-    /// `{prefix}:pod:{pod}:sidecar` — hash `instance`, `started_at` (epoch ms): the sidecar
-    /// process that runs in `pod` now. A job of that pod owned by another instance is dead.
+    /// `{prefix}:pod:{pod}:sidecar` — hash `instance`, `started_at` (epoch ms), `namespace`,
+    /// `uid`: the sidecar process that registered last under the pod name `pod`. A job of that
+    /// pod owned by another instance is dead. Pods of the same name in different namespaces
+    /// share this key; see [`Keys::namespaced_pod_sidecar`].
     pub fn pod_sidecar(&self, pod: &str) -> String {
         format!("{}:pod:{pod}:sidecar", self.prefix)
     }
 
-    /// `{prefix}:pod:{pod}:killed` — set (with a TTL) by the recoverer that reported the pod's
-    /// death, so `pod.killed` is published once per pod whatever the number of recoverers.
-    pub fn pod_killed(&self, pod: &str) -> String {
-        format!("{}:pod:{pod}:killed", self.prefix)
+    /// `{prefix}:pod:{namespace}/{pod}:sidecar` — the same hash, written also by a sidecar that
+    /// knows its namespace (a pod name never contains `/`), so that namesakes in other
+    /// namespaces cannot overwrite it.
+    pub fn namespaced_pod_sidecar(&self, namespace: &str, pod: &str) -> String {
+        format!("{}:pod:{namespace}/{pod}:sidecar", self.prefix)
+    }
+
+    /// `{prefix}:pod:{namespace}/{pod}:killed` — set (with a TTL) by the recoverer that
+    /// reported the pod's death, so `pod.killed` is published once per pod whatever the number
+    /// of recoverers.
+    pub fn pod_killed(&self, namespace: &str, pod: &str) -> String {
+        format!("{}:pod:{namespace}/{pod}:killed", self.prefix)
     }
 
     /// `{prefix}:leases` — running jobs scored by lease expiry (epoch ms, Redis clock).
@@ -85,6 +95,12 @@ mod tests {
         let keys = Keys::new("t1");
         assert_eq!(keys.job("abc"), "t1:job:abc");
         assert_eq!(keys.pod_jobs("pod-0"), "t1:pod:pod-0:jobs");
+        assert_eq!(keys.pod_sidecar("pod-0"), "t1:pod:pod-0:sidecar");
+        assert_eq!(
+            keys.namespaced_pod_sidecar("apps", "pod-0"),
+            "t1:pod:apps/pod-0:sidecar"
+        );
+        assert_eq!(keys.pod_killed("apps", "pod-0"), "t1:pod:apps/pod-0:killed");
         assert_eq!(keys.leases(), "t1:leases");
         assert_eq!(keys.outbox(), "t1:outbox");
         assert_eq!(keys.outbox_dead(), "t1:outbox:dead");

@@ -19,11 +19,15 @@
 //! reconnecting by itself. Redis stays the truth; events only make progress fast. A
 //! [`Publisher`] falls back to a Redis [`Outbox`] while the broker is away, so an outage delays
 //! handoffs without losing them.
+//!
+//! Shared by the binaries beside the job model: [`Acceptor`], an accept loop that backs off
+//! and rate-limits its warnings when `accept` fails (file descriptors run out).
 
 mod bus;
 mod error;
 mod events;
 mod keys;
+mod listen;
 mod memory;
 mod model;
 mod outbox;
@@ -41,6 +45,7 @@ pub use bus::{
 pub use error::{StoreError, redact_url};
 pub use events::{DecodeError, EVENT_VERSION, Event, EventKind};
 pub use keys::{DEFAULT_PREFIX, Keys};
+pub use listen::{AcceptBackoff, AcceptFailed, Acceptor};
 pub use memory::MemoryStore;
 pub use model::{Checkpoint, Claim, Finish, JobRecord, NewJob, Owner, Restore, Write};
 pub use outbox::{Outbox, OutboxError};

@@ -6,18 +6,64 @@ use crate::JobStatus;
 
 /// Who runs a job: the pod, and the sidecar process inside it (a restarted container in the
 /// same pod is a different instance, so it cannot mistake its predecessor's streams for its own).
+///
+/// A pod name is unique only within its namespace, and only at one time (a StatefulSet's
+/// `users-0` comes back under a new uid): `namespace` and `uid` (the downward API's
+/// `metadata.namespace` and `metadata.uid`) tell such pods apart. Either is `None` when the
+/// sidecar was not told (an older sidecar, a pod spec without the env vars).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub pod: String,
     pub instance: String,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
 }
 
 impl Owner {
+    /// An owner whose namespace and uid are unknown; see [`Owner::in_namespace`],
+    /// [`Owner::with_uid`].
     pub fn new(pod: impl Into<String>, instance: impl Into<String>) -> Self {
         Self {
             pod: pod.into(),
             instance: instance.into(),
+            namespace: None,
+            uid: None,
         }
+    }
+
+    /// The pod's namespace; an empty one means unknown.
+    pub fn in_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into()).filter(|ns| !ns.is_empty());
+        self
+    }
+
+    /// The pod's uid; an empty one means unknown.
+    pub fn with_uid(mut self, uid: impl Into<String>) -> Self {
+        self.uid = Some(uid.into()).filter(|uid| !uid.is_empty());
+        self
+    }
+
+    /// `namespace/pod`, or the bare pod name when the namespace is unknown: how operators
+    /// (and `kubectl`) name a pod.
+    pub fn pod_ref(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.pod),
+            None => self.pod.clone(),
+        }
+    }
+
+    /// Whether `self` and `other` may run in the same pod: the same pod name, and then the
+    /// uids when both know theirs, else the namespaces when both know theirs. What one side
+    /// does not know matches. (`lua/orphan.lua` applies the same rule.)
+    pub fn same_pod(&self, other: &Owner) -> bool {
+        let known = |a: &Option<String>, b: &Option<String>| match (a, b) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        };
+        self.pod == other.pod
+            && known(&self.uid, &other.uid)
+                .or_else(|| known(&self.namespace, &other.namespace))
+                .unwrap_or(true)
     }
 }
 
@@ -155,4 +201,40 @@ pub struct JobRecord {
 /// Milliseconds as Redis and the hash count them; saturates instead of wrapping.
 pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_name_is_unique_only_within_its_namespace_and_incarnation() {
+        let demo = Owner::new("users-0", "i-1").in_namespace("demo");
+        let staging = Owner::new("users-0", "i-2").in_namespace("staging");
+        let unknown = Owner::new("users-0", "i-3");
+        assert!(!demo.same_pod(&staging));
+        assert!(demo.same_pod(&Owner::new("users-0", "i-4").in_namespace("demo")));
+        assert!(
+            unknown.same_pod(&demo) && demo.same_pod(&unknown),
+            "unknown matches"
+        );
+        assert!(!demo.same_pod(&Owner::new("users-1", "i-1").in_namespace("demo")));
+
+        // A StatefulSet pod recreated under the same name is another pod.
+        let old = demo.clone().with_uid("u-1");
+        assert!(!old.same_pod(&demo.clone().with_uid("u-2")));
+        assert!(
+            old.same_pod(&demo),
+            "uid unknown on one side: the namespace decides"
+        );
+        assert!(old.same_pod(&unknown.clone().with_uid("u-1")));
+    }
+
+    #[test]
+    fn empty_means_unknown_and_pod_ref_reads_like_kubectl() {
+        let owner = Owner::new("users-0", "i").in_namespace("").with_uid("");
+        assert_eq!(owner, Owner::new("users-0", "i"));
+        assert_eq!(owner.pod_ref(), "users-0");
+        assert_eq!(owner.in_namespace("demo").pod_ref(), "demo/users-0");
+    }
 }

@@ -8,13 +8,17 @@ use std::collections::HashMap;
 use crate::{JobRecord, JobStatus, Owner, StoreError};
 
 /// The fields of a job's hash, as the stores write them (the job id is in the key).
-pub const FIELDS: [&str; 16] = [
+/// `owner_namespace` and `owner_uid` are empty when the owner did not know them, and absent
+/// from hashes written before they existed.
+pub const FIELDS: [&str; 18] = [
     "service",
     "method",
     "status",
     "offset",
     "owner_pod",
     "owner_instance",
+    "owner_namespace",
+    "owner_uid",
     "fence",
     "started_at",
     "updated_at",
@@ -74,6 +78,8 @@ pub(crate) fn parse(
         owner: Owner {
             pod: text("owner_pod")?,
             instance: text("owner_instance")?,
+            namespace: optional(text("owner_namespace").unwrap_or_default()),
+            uid: optional(text("owner_uid").unwrap_or_default()),
         },
         fence,
         started_at_ms,
@@ -94,8 +100,8 @@ mod tests {
 
     fn hash() -> HashMap<String, String> {
         let values = [
-            "svc", "m", "running", "41", "pod-a", "i-1", "3", "1000", "2000", "", "41", "2", "",
-            "AAE=", "{}", "3000",
+            "svc", "m", "running", "41", "pod-a", "i-1", "apps", "u-1", "3", "1000", "2000", "",
+            "41", "2", "", "AAE=", "{}", "3000",
         ];
         FIELDS
             .iter()
@@ -109,7 +115,12 @@ mod tests {
         let record = parse("j", hash())?;
         assert_eq!(record.status, JobStatus::Running);
         assert_eq!(record.offset.as_deref(), Some("41"));
-        assert_eq!(record.owner, Owner::new("pod-a", "i-1"));
+        assert_eq!(
+            record.owner,
+            Owner::new("pod-a", "i-1")
+                .in_namespace("apps")
+                .with_uid("u-1")
+        );
         assert_eq!((record.fence, record.messages, record.resumes), (3, 41, 2));
         assert_eq!(record.finished_at_ms, None);
         assert_eq!(record.last_error, None);
@@ -120,11 +131,23 @@ mod tests {
     #[test]
     fn absent_optional_fields_mean_none() -> Result<(), StoreError> {
         let mut h = hash();
-        for field in ["offset", "finished_at", "last_error", "lease_expires_at"] {
+        for field in [
+            "offset",
+            "finished_at",
+            "last_error",
+            "lease_expires_at",
+            "owner_namespace",
+            "owner_uid",
+        ] {
             h.remove(field);
         }
         let record = parse("j", h)?;
         assert_eq!(record.offset, None);
+        assert_eq!(
+            record.owner,
+            Owner::new("pod-a", "i-1"),
+            "written before namespaces"
+        );
         assert_eq!(record.lease_expires_at_ms, None);
         Ok(())
     }

@@ -45,8 +45,19 @@ impl fmt::Debug for RedisStore {
 pub enum OrphanIf {
     /// Its lease has expired (Redis clock).
     LeaseExpired,
-    /// It is owned by `pod`, by any sidecar instance except `spare` (the one running now).
-    OwnedBy { pod: String, spare: Option<String> },
+    /// It is owned by the pod `namespace/pod` (with `uid`, when known), by any sidecar instance
+    /// except `spare` (the one running now). Which jobs recorded under the pod name are that
+    /// pod's: [`Owner::same_pod`](crate::Owner::same_pod), except that a job whose owner
+    /// recorded no namespace (an older sidecar) is taken only with `include_unknown_namespace`.
+    OwnedBy {
+        pod: String,
+        namespace: String,
+        uid: Option<String>,
+        spare: Option<String>,
+        /// False when a pod of that name lives in another namespace: such a job may be its
+        /// namesake's, and is left to its lease.
+        include_unknown_namespace: bool,
+    },
 }
 
 /// The sidecar process running in a pod, as it registered itself at start-up.
@@ -67,11 +78,22 @@ impl RedisStore {
         cond: &OrphanIf,
         reason: &str,
     ) -> Result<Option<u64>, StoreError> {
-        let (mode, pod, spare) = match cond {
-            OrphanIf::LeaseExpired => ("lease", "", ""),
-            OrphanIf::OwnedBy { pod, spare } => {
-                ("owner", pod.as_str(), spare.as_deref().unwrap_or(""))
-            }
+        let (mode, pod, spare, namespace, uid, unknown_namespace) = match cond {
+            OrphanIf::LeaseExpired => ("lease", "", "", "", "", "0"),
+            OrphanIf::OwnedBy {
+                pod,
+                namespace,
+                uid,
+                spare,
+                include_unknown_namespace,
+            } => (
+                "owner",
+                pod.as_str(),
+                spare.as_deref().unwrap_or(""),
+                namespace.as_str(),
+                uid.as_deref().unwrap_or(""),
+                if *include_unknown_namespace { "1" } else { "0" },
+            ),
         };
         let reply: Vec<String> = self
             .scripts
@@ -84,6 +106,9 @@ impl RedisStore {
             .arg(pod)
             .arg(spare)
             .arg(reason)
+            .arg(namespace)
+            .arg(uid)
+            .arg(unknown_namespace)
             .invoke_async(&mut self.conn())
             .await
             .map_err(StoreError::redis("orphan"))?;
@@ -113,45 +138,81 @@ impl RedisStore {
             .map_err(StoreError::redis("running_jobs"))
     }
 
-    /// Records `owner` as the sidecar running in its pod now (called at sidecar start-up).
+    /// Records `owner` as the sidecar running in its pod now (called at sidecar start-up):
+    /// under the pod name, and under `namespace/name` too when the namespace is known.
     pub async fn register_sidecar(&self, owner: &crate::Owner) -> Result<(), StoreError> {
         let script = redis::Script::new(
             "local t = redis.call('TIME')
              local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-             redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'started_at', string.format('%d', now))
+             for _, key in ipairs(KEYS) do
+               redis.call('HSET', key, 'instance', ARGV[1], 'started_at', string.format('%d', now),
+                 'namespace', ARGV[2], 'uid', ARGV[3])
+             end
              return 1",
         );
-        let _: i64 = script
-            .key(self.keys.pod_sidecar(&owner.pod))
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.keys.pod_sidecar(&owner.pod));
+        if let Some(namespace) = &owner.namespace {
+            invocation.key(self.keys.namespaced_pod_sidecar(namespace, &owner.pod));
+        }
+        let _: i64 = invocation
             .arg(&owner.instance)
+            .arg(owner.namespace.as_deref().unwrap_or(""))
+            .arg(owner.uid.as_deref().unwrap_or(""))
             .invoke_async(&mut self.conn())
             .await
             .map_err(StoreError::redis("register_sidecar"))?;
         Ok(())
     }
 
-    /// The sidecar that registered last in `pod`, if any.
-    pub async fn sidecar_of(&self, pod: &str) -> Result<Option<SidecarInstance>, StoreError> {
-        let (instance, started): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.keys.pod_sidecar(pod))
-            .arg("instance")
-            .arg("started_at")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(StoreError::redis("sidecar_of"))?;
-        Ok(match (instance, started.and_then(|s| s.parse().ok())) {
-            (Some(instance), Some(started_at_ms)) => Some(SidecarInstance {
-                instance,
-                started_at_ms,
-            }),
-            _ => None,
-        })
+    /// The sidecar that registered last in the pod `namespace/pod`, if any: its namespaced
+    /// registration, else the one under the bare pod name unless that names another namespace.
+    pub async fn sidecar_of(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Option<SidecarInstance>, StoreError> {
+        for key in [
+            self.keys.namespaced_pod_sidecar(namespace, pod),
+            self.keys.pod_sidecar(pod),
+        ] {
+            let (instance, started, registered_in): (
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ) = redis::cmd("HMGET")
+                .arg(key)
+                .arg("instance")
+                .arg("started_at")
+                .arg("namespace")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(StoreError::redis("sidecar_of"))?;
+            if registered_in.is_some_and(|ns| !ns.is_empty() && ns != namespace) {
+                continue;
+            }
+            if let (Some(instance), Some(started_at_ms)) =
+                (instance, started.and_then(|s| s.parse().ok()))
+            {
+                return Ok(Some(SidecarInstance {
+                    instance,
+                    started_at_ms,
+                }));
+            }
+        }
+        Ok(None)
     }
 
-    /// Claims the right to report `pod`'s death (once per pod across recoverers, for `ttl`).
-    pub async fn first_to_report_pod(&self, pod: &str, ttl: Duration) -> Result<bool, StoreError> {
+    /// Claims the right to report the death of `namespace/pod` (once per pod across
+    /// recoverers, for `ttl`).
+    pub async fn first_to_report_pod(
+        &self,
+        namespace: &str,
+        pod: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.pod_killed(pod))
+            .arg(self.keys.pod_killed(namespace, pod))
             .arg("1")
             .arg("NX")
             .arg("PX")
@@ -182,6 +243,8 @@ impl RedisStore {
             .arg(&job.owner.instance)
             .arg(duration_ms(job.lease_ttl))
             .arg(if takeover_only { "1" } else { "0" })
+            .arg(job.owner.namespace.as_deref().unwrap_or(""))
+            .arg(job.owner.uid.as_deref().unwrap_or(""))
             .invoke_async(&mut self.conn())
             .await
             .map_err(StoreError::redis("claim"))
@@ -382,7 +445,9 @@ impl JobStore for RedisStore {
             .arg(offset)
             .arg(r.messages)
             .arg(duration_ms(job.lease_ttl))
-            .arg(&r.note);
+            .arg(&r.note)
+            .arg(job.owner.namespace.as_deref().unwrap_or(""))
+            .arg(job.owner.uid.as_deref().unwrap_or(""));
         self.fenced_write("restore", &invocation).await
     }
 

@@ -84,8 +84,10 @@ pub(crate) fn decode_claim(job_id: &str, reply: &[String]) -> Result<Claim, Stor
                 .parse::<JobStatus>()
                 .map_err(|e| protocol(e.to_string()))?,
         }),
-        [kind, pod, instance, remaining] if kind == "busy" => Ok(Claim::Busy {
-            owner: Owner::new(pod.clone(), instance.clone()),
+        [kind, pod, instance, remaining, namespace, uid] if kind == "busy" => Ok(Claim::Busy {
+            owner: Owner::new(pod.clone(), instance.clone())
+                .in_namespace(namespace.clone())
+                .with_uid(uid.clone()),
             lease_remaining: Duration::from_millis(count("lease_expires_at", remaining)?),
         }),
         [kind, field, value] if kind == "corrupt" => Err(StoreError::Corrupt {
@@ -127,10 +129,17 @@ mod tests {
             }
         );
         assert_eq!(
-            decode_claim("j", &reply(&["busy", "p", "i", "1500"]))?,
+            decode_claim("j", &reply(&["busy", "p", "i", "1500", "", ""]))?,
             Claim::Busy {
                 owner: Owner::new("p", "i"),
                 lease_remaining: Duration::from_millis(1500)
+            }
+        );
+        assert_eq!(
+            decode_claim("j", &reply(&["busy", "p", "i", "1", "apps", "u-1"]))?,
+            Claim::Busy {
+                owner: Owner::new("p", "i").in_namespace("apps").with_uid("u-1"),
+                lease_remaining: Duration::from_millis(1)
             }
         );
         Ok(())

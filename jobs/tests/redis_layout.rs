@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use redis::AsyncCommands;
-use reprise_jobs::{Claim, FIELDS, JobStatus, RedisStore, StoreError, Write};
+use reprise_jobs::{Claim, FIELDS, JobStatus, OrphanIf, RedisStore, StoreError, Write};
 use support::{Fixture, checkpoint, finish, new_job, owner, wait_for_expiry, with_redis};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -56,6 +56,8 @@ async fn fresh_claim_writes_the_documented_keys() -> Result<()> {
             ("offset", ""),
             ("owner_pod", "pod-a"),
             ("owner_instance", "pod-a-instance"),
+            ("owner_namespace", ""),
+            ("owner_uid", ""),
             ("fence", "1"),
             ("finished_at", ""),
             ("messages", "0"),
@@ -302,6 +304,66 @@ async fn a_lost_or_older_hash_is_forgotten_and_restored_with_its_keys() -> Resul
             .hset_multiple(&key, &[("status", "completed"), ("fence", "0")])
             .await?;
         assert_eq!(f.store.checkpoint(&cp).await?, Write::Forgotten);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn owner_namespace_and_uid_are_fields_and_the_pod_set_keeps_its_name() -> Result<()> {
+    with_redis(|mut f| async move {
+        let a = owner("users-0").in_namespace("demo").with_uid("u-1");
+        f.store.claim(&new_job("j1", &a, LONG)).await?;
+        let h = hash(&mut f, "j1").await?;
+        assert_eq!(field(&h, "owner_pod")?, "users-0");
+        assert_eq!(field(&h, "owner_namespace")?, "demo");
+        assert_eq!(field(&h, "owner_uid")?, "u-1");
+        let members: Vec<String> = f.raw.smembers(f.keys.pod_jobs("users-0")).await?;
+        assert_eq!(members, ["j1"]);
+        Ok(())
+    })
+    .await
+}
+
+/// Which jobs recorded under a pod name a dead pod reaches: uids decide when both sides know
+/// them, else namespaces; a job without a namespace only when the caller allows it.
+#[tokio::test]
+async fn orphan_by_owner_matches_uid_then_namespace() -> Result<()> {
+    with_redis(|f| async move {
+        let store = RedisStore::connect(&support::redis_url(), f.keys.prefix()).await?;
+        let owners = [
+            (
+                "demo-u1",
+                owner("users-0").in_namespace("demo").with_uid("u-1"),
+            ),
+            (
+                "demo-u2",
+                owner("users-0").in_namespace("demo").with_uid("u-2"),
+            ),
+            ("demo", owner("users-0").in_namespace("demo")),
+            ("staging", owner("users-0").in_namespace("staging")),
+            ("unknown", owner("users-0")),
+            ("other-pod", owner("users-1").in_namespace("demo")),
+        ];
+        for (id, o) in &owners {
+            f.store.claim(&new_job(id, o, LONG)).await?;
+        }
+        let dead = |include_unknown_namespace| OrphanIf::OwnedBy {
+            pod: "users-0".into(),
+            namespace: "demo".into(),
+            uid: Some("u-1".into()),
+            spare: None,
+            include_unknown_namespace,
+        };
+        let mut orphaned = Vec::new();
+        for (id, _) in &owners {
+            let reason = "pod demo/users-0: deleted";
+            if store.orphan(id, &dead(false), reason).await?.is_some() {
+                orphaned.push(*id);
+            }
+        }
+        assert_eq!(orphaned, ["demo-u1", "demo"]);
+        assert!(store.orphan("unknown", &dead(true), "x").await?.is_some());
         Ok(())
     })
     .await

@@ -45,6 +45,7 @@ on_both_stores!(
     missing_jobs_and_ping,
     take_over_only_claims_jobs_that_wait,
     restore_writes_a_forgotten_job_back_but_never_over_a_later_fence,
+    owner_namespace_and_uid_are_kept,
 );
 
 fn epoch_ms() -> Result<u64> {
@@ -544,5 +545,22 @@ async fn restore_writes_a_forgotten_job_back_but_never_over_a_later_fence(
         (r.fence, &r.owner, r.offset.as_deref()),
         (5, &b, Some("41"))
     );
+    Ok(())
+}
+
+async fn owner_namespace_and_uid_are_kept(store: Arc<dyn JobStore>) -> Result<()> {
+    let a = owner("users-0").in_namespace("demo").with_uid("u-1");
+    store.claim(&new_job("j1", &a, SHORT)).await?;
+    assert_eq!(record(&*store, "j1").await?.owner, a);
+    // The owner a live call is told about is the whole owner: a sidecar compares it to its own.
+    match store.claim(&new_job("j1", &owner("users-0"), LONG)).await? {
+        Claim::Busy { owner, .. } => assert_eq!(owner, a),
+        other => anyhow::bail!("expected Busy, got {other:?}"),
+    }
+    // A takeover by an owner that knows neither (an older sidecar) clears both.
+    wait_for_expiry(&*store, "j1").await?;
+    let b = owner("users-0");
+    store.claim(&new_job("j1", &b, LONG)).await?;
+    assert_eq!(record(&*store, "j1").await?.owner, b);
     Ok(())
 }

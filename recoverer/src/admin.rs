@@ -18,6 +18,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use reprise_jobs::Acceptor;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,6 +33,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Counter,
     pub kube_synced: Gauge,
+    pub unknown_owners: Gauge,
 }
 
 impl Default for Metrics {
@@ -42,6 +44,7 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
         let reconcile_errors = Counter::default();
         let kube_synced = Gauge::default();
+        let unknown_owners = Gauge::default();
         registry.register(
             "pods_dead",
             "Pods (or sidecar containers) seen dead, by reason",
@@ -67,6 +70,11 @@ impl Default for Metrics {
             "1 once the pod reflector has its initial list",
             kube_synced.clone(),
         );
+        registry.register(
+            "unknown_owners",
+            "Owners of running jobs the pod store does not hold (two passes in a row): their jobs are left to their leases",
+            unknown_owners.clone(),
+        );
         Metrics {
             registry,
             pods_dead,
@@ -74,6 +82,7 @@ impl Default for Metrics {
             reconcile_duration,
             reconcile_errors,
             kube_synced,
+            unknown_owners,
         }
     }
 }
@@ -99,13 +108,12 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
+    // Out of file descriptors, accept fails until some are freed: back off, log sparingly.
+    let mut acceptor = Acceptor::new(listener, "admin");
     loop {
-        let stream = tokio::select! {
+        let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
+            accepted = acceptor.accept() => accepted,
         };
         let (metrics, health) = (metrics.clone(), health.clone());
         let service = service_fn(move |req: Request<Incoming>| {

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
+use reprise_jobs::redact_url;
 use serde_yaml::Value;
 
 pub const KEYS: &[&str] = &[
@@ -18,7 +19,8 @@ pub const KEYS: &[&str] = &[
     "log_format",
 ];
 
-#[derive(Debug, Clone)]
+/// `Debug` masks the passwords in the URLs, like every message that shows one.
+#[derive(Clone)]
 pub struct Config {
     pub redis_url: String,
     pub amqp_url: Option<String>,
@@ -32,6 +34,23 @@ pub struct Config {
     pub kube: Option<bool>,
     pub sidecar_container: String,
     pub json_logs: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("amqp_url", &self.amqp_url.as_deref().map(redact_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("reconcile_interval", &self.reconcile_interval)
+            .field("namespaces", &self.namespaces)
+            .field("label_selector", &self.label_selector)
+            .field("kube", &self.kube)
+            .field("sidecar_container", &self.sidecar_container)
+            .field("json_logs", &self.json_logs)
+            .finish()
+    }
 }
 
 impl Config {
@@ -87,14 +106,18 @@ impl Config {
         let redis_url = text_of("redis_url").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
             errors.push(format!(
-                "key `redis_url`: {redis_url:?} is not valid; valid schemes: redis, rediss"
+                "key `redis_url`: {:?} is not valid; valid schemes: redis, rediss",
+                redact_url(&redis_url)
             ));
         }
         let amqp_url = text_of("amqp_url").filter(|u| !u.is_empty());
         if let Some(u) = &amqp_url
             && !u.starts_with("amqp://")
         {
-            errors.push("key `amqp_url`: valid scheme: amqp".into());
+            errors.push(format!(
+                "key `amqp_url`: {:?} is not valid; valid scheme: amqp",
+                redact_url(u)
+            ));
         }
         let key_prefix = text_of("key_prefix").unwrap_or_else(|| "reprise".into());
         let listen = text_of("metrics_listen").unwrap_or_else(|| "127.0.0.1:15091".into());
@@ -189,6 +212,24 @@ mod tests {
         assert_eq!(c.kube, Some(false));
         assert_eq!(c.label_selector, "reprise.dev/injected=true");
         assert_eq!(c.key_prefix, "reprise");
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_passwords() {
+        let env = BTreeMap::from([
+            (
+                "REPRISE_REDIS_URL".to_owned(),
+                "redis://u:s3cret@h:6379".to_owned(),
+            ),
+            (
+                "REPRISE_AMQP_URL".to_owned(),
+                "amqp://u:s3cret@h:5672/%2f".to_owned(),
+            ),
+        ]);
+        let config = Config::parse("", &env).expect("valid");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("redis://u:***@h:6379"), "{debug}");
     }
 
     #[test]

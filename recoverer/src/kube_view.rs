@@ -9,19 +9,34 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::Metrics,
     config::Config,
-    reconcile::{PodView, Signal},
+    reconcile::{PodView, SeenPod, Signal},
     watch::{PodSignal, PodStore, PodWatch, PodWatchConfig},
 };
 
-struct KubeView(PodStore);
+struct KubeView {
+    store: PodStore,
+    /// `namespaces: [...], label_selector: ...`, for messages.
+    scope: String,
+}
 
 impl PodView for KubeView {
     fn synced(&self) -> bool {
-        self.0.is_ready()
+        self.store.is_ready()
     }
 
-    fn has_pod(&self, name: &str) -> bool {
-        self.0.has_pod_named(name)
+    fn scope(&self) -> String {
+        self.scope.clone()
+    }
+
+    fn pods_named(&self, name: &str) -> Vec<SeenPod> {
+        self.store
+            .find_by_name(name)
+            .iter()
+            .map(|p| SeenPod {
+                namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                uid: p.metadata.uid.clone(),
+            })
+            .collect()
     }
 }
 
@@ -60,6 +75,18 @@ pub async fn start(
             return Ok(None);
         }
     };
+    Ok(Some(watch(client, config, signals, metrics, shutdown)))
+}
+
+/// Watches the pods `config` selects through `client`: the store becomes the view, the watch's
+/// signals are sent to `signals`. Must be called inside a Tokio runtime.
+pub fn watch(
+    client: kube::Client,
+    config: &Config,
+    signals: mpsc::UnboundedSender<Signal>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Arc<dyn PodView> {
     let watch = PodWatch::spawn(
         client,
         &PodWatchConfig {
@@ -87,19 +114,23 @@ pub async fn start(
                 PodSignal::Dead {
                     namespace,
                     pod,
+                    uid,
                     reason,
                 } => Signal::PodDead {
                     namespace,
                     pod,
+                    uid,
                     reason: reason.as_str(),
                 },
                 PodSignal::ContainerKilled {
                     namespace,
                     pod,
+                    uid,
                     kill,
                 } => Signal::SidecarKilled {
                     namespace,
                     pod,
+                    uid,
                     reason: kill.reason.as_str(),
                     finished_at_ms: kill
                         .finished_at
@@ -111,5 +142,13 @@ pub async fn start(
             }
         }
     });
-    Ok(Some(Arc::new(KubeView(store))))
+    let namespaces = match config.namespaces.as_slice() {
+        [] => "[] (all)".to_owned(),
+        some => format!("[{}]", some.join(", ")),
+    };
+    let scope = format!(
+        "namespaces: {namespaces}, label_selector: {}",
+        config.label_selector
+    );
+    Arc::new(KubeView { store, scope })
 }

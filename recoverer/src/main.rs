@@ -1,7 +1,8 @@
 //! `reprise-recoverer --config FILE`
 //!
-//! Lifecycle: config (invalid config exits 2) → tracing → Redis → RabbitMQ (optional) →
-//! Kubernetes pod watch (optional: without it, leases alone) → reconcile every
+//! Lifecycle: config (invalid config exits 2) → the admin port (one it cannot bind is a
+//! configuration error too: exit 2 naming `metrics_listen`) → tracing → Redis → RabbitMQ
+//! (optional) → Kubernetes pod watch (optional: without it, leases alone) → reconcile every
 //! `reconcile_interval` and on every pod signal → SIGTERM → stop, close the broker → exit 0.
 
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -48,6 +49,16 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
+    let admin = match bind(config.metrics_listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!(
+                "reprise-recoverer: invalid configuration:\nkey `metrics_listen`: cannot listen on {}: {e}; valid: an IP:PORT of this host that nothing else listens on",
+                config.metrics_listen
+            );
+            return ExitCode::from(2);
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -65,7 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, admin)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "reprise-recoverer failed");
@@ -74,13 +85,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<ExitCode> {
+/// The admin listener, bound before the runtime starts so that a busy port is reported as the
+/// configuration error it is.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+async fn run(config: Config, admin: std::net::TcpListener) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("metrics_listen {}: {e}", config.metrics_listen))?;
+    let listener = tokio::net::TcpListener::from_std(admin)?;
     tokio::spawn(admin::serve(
         listener,
         metrics.clone(),
@@ -138,12 +155,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     if pods.is_none() {
         tracing::info!("running on leases alone (no Kubernetes)");
     }
-    let reconciler = Reconciler {
-        redis,
-        publisher: bus.as_ref().map(|(_, p)| p.clone()),
-        pods,
-        metrics,
-    };
+    let reconciler = Reconciler::new(redis, bus.as_ref().map(|(_, p)| p.clone()), pods, metrics);
     tracing::info!(
         prefix = %config.key_prefix,
         interval = %humantime::format_duration(config.reconcile_interval),

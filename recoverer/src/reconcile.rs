@@ -1,24 +1,38 @@
 //! Reassigning the jobs of dead owners: level-triggered, idempotent, fenced.
 //!
-//! Every `reconcile_interval` the whole state is checked again (expired leases; running jobs
-//! whose owner pod is gone from the synced pod store), so progress never depends on seeing every
-//! Kubernetes event. Pod signals only make it fast. Every change is one fenced Lua script that
-//! applies only to a job still `running` under the dead owner, so two recoverers at once (or a
-//! signal racing a reconcile) cannot orphan a job twice or publish its event twice.
+//! Two kinds of evidence orphan a job. A lease that expired (checked every
+//! `reconcile_interval`, so progress never depends on seeing a Kubernetes event: a recoverer
+//! that was down catches up on its first pass) and a pod signal (the pod, or its sidecar
+//! container, was seen dead), which only makes it fast. Absence from the pod store is not
+//! evidence: a pod the watch does not select (label, namespace, a `pod_name` that is not the
+//! pod's) streams and renews its leases all the same, so such owners are left to their leases
+//! and reported ([`crate::unseen`]). Every change is one fenced Lua script that applies only to
+//! a job still `running` under the dead owner, so two recoverers at once (or a signal racing a
+//! reconcile) cannot orphan a job twice or publish its event twice.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
 
-use reprise_jobs::{Event, EventKind, JobStore as _, OrphanIf, Publisher, RedisStore, StoreError};
+use reprise_jobs::{
+    Event, EventKind, JobStatus, JobStore as _, OrphanIf, Owner, Publisher, RedisStore, StoreError,
+};
 
-use crate::admin::{Metrics, ReasonLabels};
+use crate::{
+    admin::{Metrics, ReasonLabels},
+    unseen::{REPORT_EVERY, UnseenOwners},
+};
 
-/// What the pod watch tells the reconciler.
+/// What the pod watch tells the reconciler. `uid` is that of the pod the signal is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
     /// The whole pod is dead or gone: every job it owns is dead.
     PodDead {
         namespace: String,
         pod: String,
+        uid: Option<String>,
         reason: &'static str,
     },
     /// The sidecar container was killed (OOM, SIGKILL) at `finished_at_ms` (epoch ms); a
@@ -26,29 +40,67 @@ pub enum Signal {
     SidecarKilled {
         namespace: String,
         pod: String,
+        uid: Option<String>,
         reason: &'static str,
         finished_at_ms: Option<u64>,
     },
 }
 
+/// A pod of the store, as far as job ownership goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenPod {
+    pub namespace: String,
+    pub uid: Option<String>,
+}
+
 /// The reconciler's view of the pods: `None` while not synced (no Kubernetes, or the initial
-/// list is not in yet); then whether a pod of that name exists.
+/// list is not in yet); then which pods of a name exist.
 pub trait PodView: Send + Sync {
     fn synced(&self) -> bool;
-    fn has_pod(&self, name: &str) -> bool;
+    /// Every watched pod called `name`, whatever its namespace.
+    fn pods_named(&self, name: &str) -> Vec<SeenPod>;
+    /// What is watched, for operators: the namespaces and the label selector.
+    fn scope(&self) -> String;
+}
+
+/// Whether `owner` may be running in `pod` (a pod of the owner's pod name): by uid when both
+/// know it, else by namespace when both know it; an owner that recorded neither may be in any
+/// pod of its name. The orphan script applies the same rule.
+fn may_run_in(owner: &Owner, pod: &SeenPod) -> bool {
+    let seen = Owner::new(owner.pod.clone(), "")
+        .in_namespace(pod.namespace.clone())
+        .with_uid(pod.uid.clone().unwrap_or_default());
+    owner.same_pod(&seen)
 }
 
 pub struct Reconciler {
-    pub redis: RedisStore,
-    pub publisher: Option<Publisher>,
-    pub pods: Option<Arc<dyn PodView>>,
-    pub metrics: Arc<Metrics>,
+    redis: RedisStore,
+    publisher: Option<Publisher>,
+    pods: Option<Arc<dyn PodView>>,
+    metrics: Arc<Metrics>,
+    unseen: Mutex<UnseenOwners>,
 }
 
 /// How long a `pod.killed` report is remembered, so it is published once per pod.
 const POD_REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Reconciler {
+    /// `pods` is `None` without Kubernetes (leases alone); `publisher` `None` without a broker.
+    pub fn new(
+        redis: RedisStore,
+        publisher: Option<Publisher>,
+        pods: Option<Arc<dyn PodView>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            redis,
+            publisher,
+            pods,
+            metrics,
+            unseen: Mutex::default(),
+        }
+    }
+
     /// One full pass. Returns the number of jobs orphaned.
     pub async fn reconcile(&self) -> Result<usize, StoreError> {
         let started = Instant::now();
@@ -77,49 +129,96 @@ impl Reconciler {
                 orphaned += 1;
             }
         }
+        self.report_unseen_owners().await?;
+        Ok(orphaned)
+    }
+
+    /// Finds the owners of running jobs that the synced pod store does not hold; their jobs
+    /// are left to their leases, and the owners are counted and logged (see [`crate::unseen`]).
+    async fn report_unseen_owners(&self) -> Result<(), StoreError> {
         let Some(view) = self.pods.as_ref().filter(|v| v.synced()) else {
-            return Ok(orphaned);
+            self.lock_unseen().clear();
+            self.metrics.unknown_owners.set(0);
+            return Ok(());
         };
+        // owner (namespace/pod) → (its running jobs, one of them)
+        let mut unseen: BTreeMap<String, (usize, String)> = BTreeMap::new();
         for id in self.redis.running_jobs().await? {
-            let Some(job) = self.redis.get(&id).await? else {
-                continue;
+            let job = match self.redis.get(&id).await {
+                Ok(Some(job)) if job.status == JobStatus::Running => job,
+                Ok(_) => continue,
+                Err(e) if e.is_unavailable() => return Err(e),
+                // A hash someone else wrote: nothing to report about its owner.
+                Err(e) => {
+                    tracing::debug!(job.id = %id, error = %e, "unreadable job skipped");
+                    continue;
+                }
             };
-            if view.has_pod(&job.owner.pod) {
-                continue;
-            }
-            let cond = OrphanIf::OwnedBy {
-                pod: job.owner.pod.clone(),
-                spare: None,
-            };
-            let why = format!("owner pod {} no longer exists", job.owner.pod);
-            if self.orphan(&id, &cond, "pod_absent", &why).await? {
-                orphaned += 1;
+            let owner = &job.owner;
+            let seen = view
+                .pods_named(&owner.pod)
+                .iter()
+                .any(|p| may_run_in(owner, p));
+            if !seen {
+                let entry = unseen.entry(owner.pod_ref()).or_insert((0, id));
+                entry.0 += 1;
             }
         }
-        Ok(orphaned)
+        let findings = self
+            .lock_unseen()
+            .pass(unseen.keys().cloned(), Instant::now());
+        self.metrics
+            .unknown_owners
+            .set(i64::try_from(findings.confirmed.len()).unwrap_or(i64::MAX));
+        for owner in findings.to_report {
+            let Some((jobs, example)) = unseen.get(&owner) else {
+                continue;
+            };
+            tracing::warn!(
+                owner.pod = %owner,
+                jobs,
+                job.id = %example,
+                watched = %view.scope(),
+                "the owner of running jobs is not in the pod store; its jobs are left to their \
+                 leases (a kill is noticed only once a lease expires). Check the pod's labels \
+                 against label_selector, its namespace against namespaces, and that the \
+                 sidecar's POD_NAME (pod_name) is the pod's name, not a hostname. Logged again \
+                 in {} if it persists",
+                humantime::format_duration(REPORT_EVERY)
+            );
+        }
+        Ok(())
+    }
+
+    fn lock_unseen(&self) -> std::sync::MutexGuard<'_, UnseenOwners> {
+        // The tracker is left consistent before anything can panic.
+        self.unseen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Acts on one signal from the pod watch.
     pub async fn on_signal(&self, signal: &Signal) -> Result<usize, StoreError> {
-        let (namespace, pod, reason, spare) = match signal {
+        let (namespace, pod, uid, reason, spare) = match signal {
             Signal::PodDead {
                 namespace,
                 pod,
+                uid,
                 reason,
-            } => (namespace, pod, *reason, None),
+            } => (namespace, pod, uid, *reason, None),
             Signal::SidecarKilled {
                 namespace,
                 pod,
+                uid,
                 reason,
                 finished_at_ms,
             } => {
                 // A sidecar that registered after the kill is the restarted container: its
                 // jobs are alive. Every other instance of this pod is dead.
-                let spare = match (self.redis.sidecar_of(pod).await?, finished_at_ms) {
+                let registered = self.redis.sidecar_of(namespace, pod).await?;
+                let spare = match (registered, finished_at_ms) {
                     (Some(s), Some(at)) if s.started_at_ms > *at => Some(s.instance),
                     _ => None,
                 };
-                (namespace, pod, *reason, spare)
+                (namespace, pod, uid, *reason, spare)
             }
         };
         self.metrics
@@ -128,9 +227,15 @@ impl Reconciler {
                 reason: reason.to_owned(),
             })
             .inc();
+        // A job that recorded no namespace (an older sidecar) may belong to a namesake in
+        // another namespace; while one is live there, its lease decides.
+        let include_unknown_namespace = !self.namesake_elsewhere(namespace, pod);
         let cond = OrphanIf::OwnedBy {
             pod: pod.clone(),
+            namespace: namespace.clone(),
+            uid: uid.clone(),
             spare,
+            include_unknown_namespace,
         };
         let why = format!("pod {namespace}/{pod}: {reason}");
         let mut orphaned = 0;
@@ -142,12 +247,27 @@ impl Reconciler {
         tracing::info!(%namespace, %pod, reason, orphaned, "owner seen dead");
         if matches!(signal, Signal::PodDead { .. })
             && let Some(publisher) = &self.publisher
-            && self.redis.first_to_report_pod(pod, POD_REPORT_TTL).await?
+            && self
+                .redis
+                .first_to_report_pod(namespace, pod, POD_REPORT_TTL)
+                .await?
             && let Err(e) = publisher.publish(&Event::pod_killed(pod, namespace)).await
         {
             tracing::warn!(%pod, error = %e, "pod.killed not published");
         }
         Ok(orphaned)
+    }
+
+    /// Whether a pod called `pod` is watched in a namespace other than `namespace`, or the
+    /// store cannot tell yet.
+    fn namesake_elsewhere(&self, namespace: &str, pod: &str) -> bool {
+        match self.pods.as_ref().filter(|v| v.synced()) {
+            Some(view) => view
+                .pods_named(pod)
+                .iter()
+                .any(|p| p.namespace != namespace),
+            None => true,
+        }
     }
 
     /// Orphans one job if `cond` still holds; publishes `job.orphaned.{service}` when this call
@@ -172,7 +292,7 @@ impl Reconciler {
         tracing::info!(
             job.id = %id,
             fence,
-            owner.pod = record.as_ref().map(|r| r.owner.pod.as_str()).unwrap_or(""),
+            owner.pod = record.as_ref().map(|r| r.owner.pod_ref()).unwrap_or_default(),
             offset = record.as_ref().and_then(|r| r.offset.as_deref()).unwrap_or(""),
             reason = why,
             "job orphaned"

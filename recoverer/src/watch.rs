@@ -53,15 +53,18 @@ impl Default for PodWatchConfig {
 pub enum PodSignal {
     /// The whole pod is dead: reported once per pod incarnation (uid), for the first reason
     /// seen. A pod that vanished while the watch was down is reported `Deleted` after the re-list.
+    /// `uid` is the dead incarnation's (a pod recreated under the same name has another).
     Dead {
         namespace: String,
         pod: String,
+        uid: Option<String>,
         reason: DeathReason,
     },
     /// The sidecar container was killed; reported once per kill (per `finished_at`).
     ContainerKilled {
         namespace: String,
         pod: String,
+        uid: Option<String>,
         kill: ContainerKill,
     },
 }
@@ -195,11 +198,13 @@ fn log_signal(signal: &PodSignal) {
         PodSignal::Dead {
             namespace,
             pod,
+            uid,
             reason,
         } => {
             tracing::info!(
                 pod.namespace = %namespace,
                 pod.name = %pod,
+                pod.uid = uid.as_deref().unwrap_or(""),
                 reason = %reason,
                 "pod dead"
             )
@@ -208,6 +213,7 @@ fn log_signal(signal: &PodSignal) {
             namespace,
             pod,
             kill,
+            ..
         } => tracing::info!(
             pod.namespace = %namespace,
             pod.name = %pod,
@@ -280,8 +286,8 @@ impl PodStore {
             .find_map(|s| s.store.get(&key))
     }
 
-    /// Every watched pod called `name`, in any watched namespace (job owners are recorded by
-    /// pod name only).
+    /// Every watched pod called `name`, in any watched namespace (a pod name is unique only
+    /// within a namespace, and older sidecars record no namespace).
     pub fn find_by_name(&self, name: &str) -> Vec<Arc<Pod>> {
         self.inner
             .scopes
@@ -376,8 +382,9 @@ impl Tracker {
             watcher::Event::Delete(pod) => {
                 let key = key_of(pod);
                 let memo = self.pods.remove(&key);
-                if !memo.is_some_and(|m| m.dead) {
-                    out.push(dead(&key, DeathReason::Deleted));
+                if !memo.as_ref().is_some_and(|m| m.dead) {
+                    let uid = pod.metadata.uid.clone().or(memo.and_then(|m| m.uid));
+                    out.push(dead(&key, uid, DeathReason::Deleted));
                 }
             }
             watcher::Event::InitDone => {
@@ -390,8 +397,8 @@ impl Tracker {
                         .cloned()
                         .collect();
                     for key in gone {
-                        if self.pods.remove(&key).is_some_and(|m| !m.dead) {
-                            out.push(dead(&key, DeathReason::Deleted));
+                        if let Some(memo) = self.pods.remove(&key).filter(|m| !m.dead) {
+                            out.push(dead(&key, memo.uid, DeathReason::Deleted));
                         }
                     }
                 }
@@ -408,7 +415,7 @@ impl Tracker {
             // Same name, new object (a StatefulSet pod recreated while we were not watching):
             // the old incarnation was deleted.
             if !memo.dead {
-                out.push(dead(&key, DeathReason::Deleted));
+                out.push(dead(&key, memo.uid.clone(), DeathReason::Deleted));
             }
             *memo = Memo::default();
         }
@@ -417,7 +424,7 @@ impl Tracker {
             && let Some(reason) = pod_death(pod)
         {
             memo.dead = true;
-            out.push(dead(&key, reason));
+            out.push(dead(&key, memo.uid.clone(), reason));
         }
         for kill in container_kills(pod, &self.container) {
             let id = match &kill.finished_at {
@@ -428,6 +435,7 @@ impl Tracker {
                 out.push(PodSignal::ContainerKilled {
                     namespace: key.0.clone(),
                     pod: key.1.clone(),
+                    uid: memo.uid.clone(),
                     kill,
                 });
             }
@@ -439,10 +447,11 @@ fn key_of(pod: &Pod) -> PodKey {
     (pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-fn dead(key: &PodKey, reason: DeathReason) -> PodSignal {
+fn dead(key: &PodKey, uid: Option<String>, reason: DeathReason) -> PodSignal {
     PodSignal::Dead {
         namespace: key.0.clone(),
         pod: key.1.clone(),
+        uid,
         reason,
     }
 }
@@ -500,10 +509,11 @@ mod tests {
         p
     }
 
-    fn dead_signal(name: &str, reason: DeathReason) -> PodSignal {
+    fn dead_signal(name: &str, uid: &str, reason: DeathReason) -> PodSignal {
         PodSignal::Dead {
             namespace: "apps".into(),
             pod: name.into(),
+            uid: Some(uid.into()),
             reason,
         }
     }
@@ -528,7 +538,7 @@ mod tests {
         let failed = with_phase(pod("a", "1"), "Failed", Some("Evicted"));
         assert_eq!(
             t.observe(&watcher::Event::Apply(failed.clone())),
-            [dead_signal("a", DeathReason::Evicted)]
+            [dead_signal("a", "1", DeathReason::Evicted)]
         );
         assert!(t.observe(&watcher::Event::Apply(failed.clone())).is_empty());
         assert!(
@@ -543,7 +553,7 @@ mod tests {
         list(&mut t, &[pod("a", "1")]);
         assert_eq!(
             t.observe(&watcher::Event::Delete(pod("a", "1"))),
-            [dead_signal("a", DeathReason::Deleted)]
+            [dead_signal("a", "1", DeathReason::Deleted)]
         );
     }
 
@@ -561,7 +571,7 @@ mod tests {
         // b vanished; c vanished too but was already reported dead.
         assert_eq!(
             list(&mut t, &[pod("a", "1")]),
-            [dead_signal("b", DeathReason::Deleted)]
+            [dead_signal("b", "2", DeathReason::Deleted)]
         );
         assert!(list(&mut t, &[pod("a", "1")]).is_empty());
     }
@@ -572,7 +582,8 @@ mod tests {
         list(&mut t, &[pod("web-0", "1")]);
         assert_eq!(
             list(&mut t, &[pod("web-0", "2")]),
-            [dead_signal("web-0", DeathReason::Deleted)]
+            [dead_signal("web-0", "1", DeathReason::Deleted)],
+            "the old incarnation's uid: jobs of the new one are not its"
         );
     }
 

@@ -72,7 +72,37 @@ async fn start(pods: Vec<Pod>) -> Harness {
 }
 
 impl Harness {
+    /// The next signal, with its uid checked (every pod the API server serves has one) and
+    /// then cleared, so tests compare the rest.
     async fn next(&mut self) -> PodSignal {
+        match self.next_with_uid().await {
+            PodSignal::Dead {
+                namespace,
+                pod,
+                uid,
+                reason,
+            } => {
+                assert!(uid.is_some(), "{namespace}/{pod}: no uid");
+                dead(&namespace, &pod, reason)
+            }
+            PodSignal::ContainerKilled {
+                namespace,
+                pod,
+                uid,
+                kill,
+            } => {
+                assert!(uid.is_some(), "{namespace}/{pod}: no uid");
+                PodSignal::ContainerKilled {
+                    namespace,
+                    pod,
+                    uid: None,
+                    kill,
+                }
+            }
+        }
+    }
+
+    async fn next_with_uid(&mut self) -> PodSignal {
         match tokio::time::timeout(WAIT, self.watch.recv()).await {
             Ok(Some(signal)) => signal,
             Ok(None) => panic!("signal channel closed"),
@@ -98,6 +128,7 @@ fn dead(namespace: &str, pod: &str, reason: DeathReason) -> PodSignal {
     PodSignal::Dead {
         namespace: namespace.into(),
         pod: pod.into(),
+        uid: None,
         reason,
     }
 }
@@ -117,6 +148,7 @@ async fn oom_killed_sidecar_is_a_container_kill() {
         namespace,
         pod,
         kill,
+        ..
     } = h.next().await
     else {
         panic!("expected a container kill");
@@ -155,9 +187,23 @@ async fn sigkill_after_the_grace_period_then_deletion() {
 #[tokio::test]
 async fn deleted_pod_is_dead_and_leaves_the_store() {
     let mut h = start(vec![injected_pod(NS, "web-1")]).await;
-    assert!(h.watch.store().get(NS, "web-1").is_some());
+    let uid = h
+        .watch
+        .store()
+        .get(NS, "web-1")
+        .and_then(|p| p.metadata.uid.clone());
+    assert!(uid.is_some());
     h.server.delete(NS, "web-1");
-    assert_eq!(h.next().await, dead(NS, "web-1", DeathReason::Deleted));
+    assert_eq!(
+        h.next_with_uid().await,
+        PodSignal::Dead {
+            namespace: NS.into(),
+            pod: "web-1".into(),
+            uid,
+            reason: DeathReason::Deleted
+        },
+        "the signal names the incarnation that died"
+    );
     // The reflector applies an event before the signal is sent.
     assert!(h.watch.store().get(NS, "web-1").is_none());
     assert!(!h.watch.store().has_pod_named("web-1"));

@@ -403,8 +403,31 @@ fn example_sidecar_config_is_valid_and_matches_its_deployments() {
             .iter()
             .map(|e| str_at(&e["name"], "env name"))
             .collect();
-        for name in ["POD_NAME", "REPRISE_SERVICE", "REPRISE_AMQP_URL"] {
+        for name in [
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "POD_UID",
+            "REPRISE_SERVICE",
+            "REPRISE_AMQP_URL",
+        ] {
             assert!(env.contains(&name), "{file}: sidecar env {name}");
+        }
+        // The pod's identity comes from the downward API, never from a literal.
+        for (name, path) in [
+            ("POD_NAME", "metadata.name"),
+            ("POD_NAMESPACE", "metadata.namespace"),
+            ("POD_UID", "metadata.uid"),
+        ] {
+            let var = side["env"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"].as_str() == Some(name));
+            assert_eq!(
+                var.and_then(|e| e["valueFrom"]["fieldRef"]["fieldPath"].as_str()),
+                Some(path),
+                "{file}: {name} from the downward API"
+            );
         }
         let native = pod["initContainers"]
             .as_sequence()

@@ -18,6 +18,8 @@ pub const KEYS: &[&str] = &[
     "key_prefix",
     "service",
     "pod_name",
+    "pod_namespace",
+    "pod_uid",
     "metrics_listen",
     "checkpoint_interval",
     "lease_ttl",
@@ -78,6 +80,10 @@ pub struct Config {
     pub key_prefix: String,
     pub service: String,
     pub pod_name: String,
+    /// Recorded as the job's `owner_namespace`; empty when unknown.
+    pub pod_namespace: String,
+    /// Recorded as the job's `owner_uid`; empty when unknown.
+    pub pod_uid: String,
     pub metrics_listen: SocketAddr,
     pub checkpoint_interval: Duration,
     pub lease_ttl: Duration,
@@ -258,6 +264,8 @@ impl Config {
         let key_prefix = p.string("key_prefix", Some("reprise".into()));
         let service = p.string("service", Some("default".into()));
         let pod_name = p.string("pod_name", env.get("POD_NAME").cloned().or_else(hostname));
+        let pod_namespace = p.string("pod_namespace", env.get("POD_NAMESPACE").cloned());
+        let pod_uid = p.string("pod_uid", env.get("POD_UID").cloned());
         let metrics_listen = p.addr("metrics_listen", "127.0.0.1:15090");
         let checkpoint_interval = p.duration("checkpoint_interval", "100ms");
         let lease_ttl = p.duration("lease_ttl", "10s");
@@ -360,6 +368,8 @@ impl Config {
             key_prefix,
             service,
             pod_name,
+            pod_namespace,
+            pod_uid,
             metrics_listen,
             checkpoint_interval,
             lease_ttl,
@@ -730,18 +740,9 @@ pub fn code_from_name(name: &str) -> Option<i32> {
     })
 }
 
-/// A URL with its password replaced, for logs and errors.
+/// A URL with its password replaced, for logs and errors: the one redactor every binary uses.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    reprise_jobs::redact_url(url)
 }
 
 #[cfg(test)]
@@ -853,11 +854,63 @@ mod tests {
     }
 
     #[test]
+    fn the_pod_is_named_by_the_downward_api_or_the_config() {
+        let downward = BTreeMap::from([
+            ("POD_NAME".to_owned(), "users-0".to_owned()),
+            ("POD_NAMESPACE".to_owned(), "demo".to_owned()),
+            (
+                "POD_UID".to_owned(),
+                "0b6c2e5e-6c1d-4d7e-9c55-1f0f1c2d3e4f".to_owned(),
+            ),
+        ]);
+        let c = Config::parse("", &downward).expect("valid");
+        assert_eq!(
+            (
+                c.pod_name.as_str(),
+                c.pod_namespace.as_str(),
+                c.pod_uid.as_str()
+            ),
+            ("users-0", "demo", "0b6c2e5e-6c1d-4d7e-9c55-1f0f1c2d3e4f")
+        );
+        let c = Config::parse("pod_namespace: file\npod_uid: u-file\n", &BTreeMap::new())
+            .expect("valid");
+        assert_eq!(
+            (c.pod_namespace.as_str(), c.pod_uid.as_str()),
+            ("file", "u-file")
+        );
+        let mut env = downward;
+        env.insert("REPRISE_POD_NAMESPACE".to_owned(), "override".to_owned());
+        let c = Config::parse("pod_namespace: file\n", &env).expect("valid");
+        assert_eq!(c.pod_namespace, "override");
+        let c = Config::parse("", &BTreeMap::new()).expect("valid");
+        assert_eq!(
+            (c.pod_namespace.as_str(), c.pod_uid.as_str()),
+            ("", ""),
+            "unknown"
+        );
+    }
+
+    #[test]
     fn redacts_passwords() {
         assert_eq!(
             redact("amqp://guest:secret@host:5672/%2f"),
             "amqp://guest:***@host:5672/%2f"
         );
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redact("redis+unix:///run/redis.sock?db=1&password=secret"),
+            "redis+unix:///run/redis.sock?db=1&password=***"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_named_without_its_password() {
+        let errors = parse("redis_url: foo://u:secret@h:6379\namqp_url: x://h/?password=secret\n")
+            .expect_err("bad schemes")
+            .0
+            .join("\n");
+        assert!(errors.contains("key `redis_url`"), "{errors}");
+        assert!(errors.contains("key `amqp_url`"), "{errors}");
+        assert!(!errors.contains("secret"), "{errors}");
     }
 }

@@ -2,31 +2,24 @@
 //!
 //! - An accept error (out of file descriptors, `EMFILE`/`ENFILE`, is the usual one) backs off
 //!   exponentially from 5 ms to 1 s, reset by the next success, so a listener never spins; the
-//!   warning is written at most once a second, with the number of errors it stands for.
+//!   warning is written at most once a second, with the number of errors it stands for
+//!   ([`reprise_jobs::Acceptor`], which the recoverer's admin port uses too).
 //! - A connection that sends nothing within `preface_timeout` is closed (a port scanner, a
 //!   client stuck before its first byte): it would hold a file descriptor forever otherwise.
 //! - The app listener holds at most `max_app_connections` open; one more is closed at once.
 //!
 //! Every refusal is counted (`reprise_accept_errors_total`, `reprise_connections_closed_total`).
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::metrics::counter::Counter;
+use reprise_jobs::Acceptor;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
 use crate::admin::{ClosedLabels, ListenerLabels, Metrics};
-
-const BACKOFF_MIN: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// At most one warning per listener per this long.
-const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Binds `addr` for the configuration key `key`; the error names the key (exit 2: a port in use
 /// is a configuration problem, as linkerd2-proxy and Envoy report it).
@@ -36,53 +29,13 @@ pub async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, String> {
         .map_err(|e| format!("key `{key}`: cannot listen on {addr}: {e}"))
 }
 
-/// The exponential backoff and the rate limit of the warning, apart from any socket.
-#[derive(Debug)]
-pub struct ErrorPacer {
-    backoff: Duration,
-    last_log: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Default for ErrorPacer {
-    fn default() -> Self {
-        ErrorPacer {
-            backoff: BACKOFF_MIN,
-            last_log: None,
-            suppressed: 0,
-        }
-    }
-}
-
-impl ErrorPacer {
-    /// An error at `now`: how long to pause, and `Some(errors)` when a warning is due, standing
-    /// for that many errors (this one and those suppressed since the last warning).
-    pub fn failed(&mut self, now: Instant) -> (Duration, Option<u64>) {
-        let pause = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        self.suppressed += 1;
-        let due = self
-            .last_log
-            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY);
-        if !due {
-            return (pause, None);
-        }
-        self.last_log = Some(now);
-        let errors = std::mem::take(&mut self.suppressed);
-        (pause, Some(errors))
-    }
-
-    pub fn succeeded(&mut self) {
-        self.backoff = BACKOFF_MIN;
-    }
-}
-
 /// A listener that accepts with backoff and counts what it refuses.
 pub struct Listener {
-    inner: TcpListener,
+    inner: Acceptor,
     name: &'static str,
-    pacer: ErrorPacer,
     errors: Counter,
+    /// The acceptor's failures already added to `errors`.
+    counted: u64,
     silent: Counter,
     preface_timeout: Duration,
     /// The app listener's bound on open connections.
@@ -123,9 +76,9 @@ impl Listener {
         preface_timeout: Duration,
     ) -> Self {
         Listener {
-            inner,
+            inner: Acceptor::new(inner, name),
             name,
-            pacer: ErrorPacer::default(),
+            counted: 0,
             errors: metrics
                 .accept_errors
                 .get_or_create(&ListenerLabels { listener: name })
@@ -155,74 +108,32 @@ impl Listener {
         self
     }
 
-    /// The next connection under the limit. Errors never end the loop: they pause it.
+    /// The next connection under the limit. Errors never end the loop: they pause it (and
+    /// are counted in `reprise_accept_errors_total` once the listener accepts again).
     pub async fn accept(&mut self) -> Accepted {
         loop {
-            match self.inner.accept().await {
-                Ok((stream, peer)) => {
-                    self.pacer.succeeded();
-                    let slot = match &self.slots {
-                        None => None,
-                        Some((slots, refused)) => match slots.clone().try_acquire_owned() {
-                            Ok(permit) => Some(permit),
-                            Err(_) => {
-                                refused.inc();
-                                tracing::debug!(%peer, listener = self.name, "connection limit reached; closed a new connection");
-                                continue;
-                            }
-                        },
-                    };
-                    return Accepted {
-                        stream,
-                        peer,
-                        _slot: slot,
-                        preface_timeout: self.preface_timeout,
-                        silent: self.silent.clone(),
-                    };
-                }
-                Err(e) => {
-                    self.errors.inc();
-                    let (pause, log) = self.pacer.failed(Instant::now());
-                    if let Some(errors) = log {
-                        tracing::warn!(
-                            listener = self.name,
-                            error = %e,
-                            errors,
-                            pause_ms = pause.as_millis() as u64,
-                            "accept failed; backing off"
-                        );
+            let (stream, peer) = self.inner.accept().await;
+            let failures = self.inner.failures();
+            self.errors.inc_by(failures - self.counted);
+            self.counted = failures;
+            let slot = match &self.slots {
+                None => None,
+                Some((slots, refused)) => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        refused.inc();
+                        tracing::debug!(%peer, listener = self.name, "connection limit reached; closed a new connection");
+                        continue;
                     }
-                    tokio::time::sleep(pause).await;
-                }
-            }
+                },
+            };
+            return Accepted {
+                stream,
+                peer,
+                _slot: slot,
+                preface_timeout: self.preface_timeout,
+                silent: self.silent.clone(),
+            };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_back_off_and_warn_once_a_second_with_a_count() {
-        let mut pacer = ErrorPacer::default();
-        let t0 = Instant::now();
-        assert_eq!(pacer.failed(t0), (Duration::from_millis(5), Some(1)));
-        let mut pauses = Vec::new();
-        for i in 1..=10 {
-            let (pause, log) = pacer.failed(t0 + Duration::from_millis(i));
-            assert_eq!(log, None, "suppressed within the second");
-            pauses.push(pause.as_millis());
-        }
-        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
-        let (_, log) = pacer.failed(t0 + Duration::from_secs(1));
-        assert_eq!(
-            log,
-            Some(11),
-            "the warning stands for every error since the last"
-        );
-        pacer.succeeded();
-        let (pause, log) = pacer.failed(t0 + Duration::from_millis(1500));
-        assert_eq!((pause, log), (Duration::from_millis(5), None));
     }
 }

@@ -171,10 +171,12 @@ async fn run(config: Config, check: bool) -> anyhow::Result<ExitCode> {
         .limit(config.max_app_connections, &metrics);
     let admin_listener = Listener::new(admin_listener, "admin", &metrics, config.preface_timeout);
     let health = Arc::new(Health::default());
-    let owner = Owner {
-        pod: config.pod_name.clone(),
-        instance: uuid::Uuid::new_v4().simple().to_string(),
-    };
+    let owner = Owner::new(
+        config.pod_name.clone(),
+        uuid::Uuid::new_v4().simple().to_string(),
+    )
+    .in_namespace(config.pod_namespace.clone())
+    .with_uid(config.pod_uid.clone());
     if config.redis_url.is_none() {
         tracing::warn!(
             "no redis_url: offsets live in this process only (resume survives upstream failures, not a sidecar restart)"

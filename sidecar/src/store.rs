@@ -304,7 +304,8 @@ impl Store {
                     continue;
                 }
             };
-            if job.status != JobStatus::Running || job.owner == *owner || job.owner.pod != owner.pod
+            // The pod set is per pod name: a namesake in another namespace shares it.
+            if job.status != JobStatus::Running || job.owner == *owner || !job.owner.same_pod(owner)
             {
                 continue;
             }

@@ -2,21 +2,23 @@
 -- KEYS: 1 job hash, 2 leases zset, 3 the claiming pod's job set
 -- ARGV: 1 prefix, 2 job id, 3 service, 4 method, 5 request (base64), 6 request_json,
 --       7 owner pod, 8 owner instance, 9 lease ttl (ms), 10 '1' for a takeover only (a handoff:
---       never create a job nor restart a finished one)
+--       never create a job nor restart a finished one), 11 owner namespace, 12 owner uid (both
+--       '' when unknown)
 -- Reply: {'fresh', fence} | {'resumed', fence, offset, messages, previous status}
 --      | {'gone', status or ''} (takeover only: nothing waits to be resumed)
---      | {'busy', owner pod, owner instance, lease remaining (ms)} | {'corrupt', field, value}
+--      | {'busy', owner pod, owner instance, lease remaining (ms), owner namespace, owner uid}
+--      | {'corrupt', field, value}
 -- Everything is validated before the first write: a script that errors halfway is not undone.
 
 local job, leases, my_jobs = KEYS[1], KEYS[2], KEYS[3]
 local prefix, job_id = ARGV[1], ARGV[2]
-local pod, instance = ARGV[7], ARGV[8]
+local pod, instance, namespace, uid = ARGV[7], ARGV[8], ARGV[11], ARGV[12]
 local now = now_ms()
 local lease = now + tonumber(ARGV[9])
 
 local function own(fence)
   redis.call('HSET', job, 'status', 'running', 'owner_pod', pod, 'owner_instance', instance,
-    'fence', fence, 'updated_at', int(now), 'finished_at', '', 'lease_expires_at', int(lease))
+    'owner_namespace', namespace, 'owner_uid', uid, 'fence', fence, 'updated_at', int(now), 'finished_at', '', 'lease_expires_at', int(lease))
   redis.call('SADD', my_jobs, job_id)
   redis.call('ZADD', leases, int(lease), job_id)
 end
@@ -39,9 +41,10 @@ if redis.call('EXISTS', job) == 0 then
 end
 
 local h = redis.call('HMGET', job, 'status', 'fence', 'owner_pod', 'owner_instance',
-  'lease_expires_at', 'offset', 'messages', 'resumes')
+  'lease_expires_at', 'offset', 'messages', 'resumes', 'owner_namespace', 'owner_uid')
 local status, fence, old_pod, old_instance = h[1], h[2], h[3], h[4]
 local expires, offset, messages, resumes = h[5], h[6], h[7], h[8]
+local old_namespace, old_uid = h[9], h[10]
 
 local function is_count(v)
   return v and string.match(v, '^%d+$') ~= nil
@@ -60,7 +63,8 @@ end
 if status == 'running' then
   local until_ms = tonumber(expires) or 0
   if until_ms > now then
-    return { 'busy', old_pod or '', old_instance or '', int(until_ms - now) }
+    return { 'busy', old_pod or '', old_instance or '', int(until_ms - now), old_namespace or '',
+      old_uid or '' }
   end
   -- An expired lease means a dead owner: fall through to a takeover.
 elseif status ~= 'interrupted' and status ~= 'orphaned' then

@@ -4,14 +4,20 @@
 -- can run at once without double effects.
 -- KEYS: 1 job hash, 2 leases zset
 -- ARGV: 1 prefix, 2 job id, 3 condition: 'lease' (its lease has expired) | 'owner' (owned by
---       pod ARGV[4], by any instance but ARGV[5] when ARGV[5] is not empty), 4 pod,
---       5 instance to spare, 6 reason (last_error)
+--       the pod named ARGV[4] in namespace ARGV[7] with uid ARGV[8], by any instance but ARGV[5]
+--       when ARGV[5] is not empty), 4 pod, 5 instance to spare, 6 reason (last_error),
+--       7 namespace, 8 uid ('' when unknown), 9 '1' when a job whose owner recorded no namespace
+--       may be taken (the pod name is not live in another namespace)
 -- Reply: {'orphaned', new fence} | {'skipped', why}
+--
+-- Owner matching (mirrored by `Owner::same_pod` in model.rs): uids known on both sides decide;
+-- else namespaces; a job without a namespace (an older sidecar) only with ARGV[9].
 
 local job = KEYS[1]
 local h = redis.call('HMGET', job, 'status', 'fence', 'owner_pod', 'owner_instance',
-  'lease_expires_at')
+  'lease_expires_at', 'owner_namespace', 'owner_uid')
 local status, fence, pod, instance, expires = h[1], h[2], h[3], h[4], h[5]
+local namespace, uid = h[6] or '', h[7] or ''
 if status ~= 'running' then
   return { 'skipped', 'status ' .. tostring(status) }
 end
@@ -23,6 +29,17 @@ if ARGV[3] == 'lease' then
 elseif ARGV[3] == 'owner' then
   if pod ~= ARGV[4] then
     return { 'skipped', 'other pod' }
+  end
+  if uid ~= '' and ARGV[8] ~= '' then
+    if uid ~= ARGV[8] then
+      return { 'skipped', 'other pod uid' }
+    end
+  elseif namespace ~= '' then
+    if namespace ~= ARGV[7] then
+      return { 'skipped', 'other namespace' }
+    end
+  elseif ARGV[9] ~= '1' then
+    return { 'skipped', 'namespace unknown' }
   end
   if ARGV[5] ~= '' and instance == ARGV[5] then
     return { 'skipped', 'live instance' }

@@ -1,0 +1,394 @@
+//! The reconciler against real Redis and the real pod watch (the kube client against the
+//! in-process API server): which jobs a pod event or a reconcile pass may orphan.
+//!
+//! Signals are taken from the watch and handed to the reconciler by the test, one at a time,
+//! so every assertion follows exactly one signal.
+
+mod support;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::Pod;
+use reprise_jobs::{Checkpoint, JobStatus, JobStore as _, Owner, RedisStore, Write};
+use reprise_recoverer::{
+    admin::Metrics,
+    config::Config,
+    kube_view,
+    reconcile::{Reconciler, Signal},
+};
+use support::{
+    apiserver::FakeApiServer,
+    jobs::{Prefix, new_job, record},
+    pods::{injected_pod, sidecar_restarted, terminated},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+const LONG_LEASE: Duration = Duration::from_secs(60);
+
+struct Harness {
+    api: FakeApiServer,
+    reconciler: Reconciler,
+    metrics: Arc<Metrics>,
+    signals: mpsc::UnboundedReceiver<Signal>,
+    store: RedisStore,
+    shutdown: CancellationToken,
+    _prefix: Prefix,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// An API server holding `pods`, a recoverer configured by `yaml` (on top of `kube: true`)
+/// whose pod store has synced, and an empty key prefix.
+async fn start(pods: Vec<Pod>, yaml: &str) -> Harness {
+    let api = FakeApiServer::start().await;
+    for pod in pods {
+        api.add(pod);
+    }
+    let prefix = Prefix::new();
+    let store = prefix.store().await;
+    let config = Config::parse(&format!("kube: true\n{yaml}"), &BTreeMap::new())
+        .expect("valid recoverer config");
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    let (tx, signals) = mpsc::unbounded_channel();
+    let view = kube_view::watch(api.client(), &config, tx, metrics.clone(), shutdown.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !view.synced() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod store not synced within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reconciler = Reconciler::new(store.clone(), None, Some(view), metrics.clone());
+    Harness {
+        api,
+        reconciler,
+        metrics,
+        signals,
+        store,
+        shutdown,
+        _prefix: prefix,
+    }
+}
+
+impl Harness {
+    /// The sidecar `instance` of the pod `namespace/name` as the downward API describes it.
+    fn owner(&self, namespace: &str, name: &str, instance: &str) -> Owner {
+        let uid = self
+            .api
+            .pod(namespace, name)
+            .and_then(|p| p.metadata.uid)
+            .expect("the pod exists");
+        Owner::new(name, instance)
+            .in_namespace(namespace)
+            .with_uid(uid)
+    }
+
+    async fn claim(&self, job_id: &str, owner: &Owner) {
+        self.claim_for(job_id, owner, LONG_LEASE).await;
+    }
+
+    async fn claim_for(&self, job_id: &str, owner: &Owner, lease: Duration) {
+        let claim = self
+            .store
+            .claim(&new_job(job_id, owner, lease))
+            .await
+            .expect("claim");
+        assert!(claim.fence().is_some(), "{job_id}: {claim:?}");
+    }
+
+    async fn next_signal(&mut self) -> Signal {
+        tokio::time::timeout(WAIT, self.signals.recv())
+            .await
+            .expect("a pod signal in time")
+            .expect("the watch runs")
+    }
+
+    /// Deletes the pod and hands the reconciler the signal that follows.
+    async fn delete(&mut self, namespace: &str, name: &str) -> usize {
+        self.api.delete(namespace, name);
+        let signal = self.next_signal().await;
+        assert!(
+            matches!(&signal, Signal::PodDead { namespace: ns, pod, .. } if ns == namespace && pod == name),
+            "{signal:?}"
+        );
+        self.reconciler
+            .on_signal(&signal)
+            .await
+            .expect("Redis answers")
+    }
+
+    async fn status(&self, job_id: &str) -> JobStatus {
+        record(&self.store, job_id).await.status
+    }
+}
+
+/// `namespaces: []` (every namespace, one key prefix): StatefulSet names such as `users-0`
+/// repeat across namespaces, and deleting one must not touch its namesake's jobs.
+#[tokio::test]
+async fn deleting_a_pod_spares_the_jobs_of_its_namesake_in_another_namespace() {
+    let mut h = start(
+        vec![
+            injected_pod("demo", "users-a"),
+            injected_pod("staging", "users-a"),
+        ],
+        "namespaces: []\n",
+    )
+    .await;
+    h.claim("j-demo", &h.owner("demo", "users-a", "i-demo"))
+        .await;
+    h.claim("j-staging", &h.owner("staging", "users-a", "i-staging"))
+        .await;
+
+    assert_eq!(h.delete("staging", "users-a").await, 1);
+    let demo = record(&h.store, "j-demo").await;
+    assert_eq!(
+        demo.status,
+        JobStatus::Running,
+        "the live pod demo/users-a lost its job: {:?}",
+        demo.last_error
+    );
+    let staging = record(&h.store, "j-staging").await;
+    assert_eq!(staging.status, JobStatus::Orphaned);
+    assert_eq!(
+        staging.last_error.as_deref(),
+        Some("pod staging/users-a: deleted")
+    );
+}
+
+/// A sidecar without `POD_NAMESPACE` (an older one) records the bare pod name. While a pod of
+/// that name lives in another namespace, a deletion cannot tell whose job it is: the lease
+/// decides. With no namesake left, such a job is orphaned at once, as before.
+#[tokio::test]
+async fn a_job_without_a_namespace_is_left_to_its_lease_while_a_namesake_lives() {
+    let mut h = start(
+        vec![
+            injected_pod("demo", "users-a"),
+            injected_pod("staging", "users-a"),
+        ],
+        "namespaces: []\n",
+    )
+    .await;
+    h.claim("j-1", &Owner::new("users-a", "i-1")).await;
+    h.claim("j-2", &Owner::new("users-a", "i-2")).await;
+
+    assert_eq!(h.delete("staging", "users-a").await, 0);
+    assert_eq!(h.status("j-1").await, JobStatus::Running);
+    assert_eq!(h.status("j-2").await, JobStatus::Running);
+
+    assert_eq!(h.delete("demo", "users-a").await, 2, "no namesake left");
+    assert_eq!(h.status("j-1").await, JobStatus::Orphaned);
+}
+
+/// A StatefulSet pod deleted and recreated under the same name: the old incarnation's death
+/// reaches its own jobs, not those the new one has already claimed.
+#[tokio::test]
+async fn a_recreated_pod_keeps_the_jobs_of_its_new_incarnation() {
+    let mut h = start(
+        vec![injected_pod("demo", "users-0")],
+        "namespaces: [demo]\n",
+    )
+    .await;
+    h.claim("j-old", &h.owner("demo", "users-0", "i-old")).await;
+    let old_uid = h.api.pod("demo", "users-0").and_then(|p| p.metadata.uid);
+    let new = h.api.batch(|c| {
+        c.delete("demo", "users-0");
+        c.add(injected_pod("demo", "users-0"))
+    });
+    assert_ne!(new.metadata.uid, old_uid);
+    h.claim("j-new", &h.owner("demo", "users-0", "i-new")).await;
+
+    let signal = h.next_signal().await;
+    assert!(
+        matches!(&signal, Signal::PodDead { uid, .. } if *uid == old_uid),
+        "{signal:?}"
+    );
+    assert_eq!(h.reconciler.on_signal(&signal).await.expect("Redis"), 1);
+    assert_eq!(h.status("j-old").await, JobStatus::Orphaned);
+    assert_eq!(h.status("j-new").await, JobStatus::Running);
+}
+
+/// A killed sidecar container restarts in its pod and registers again; a namesake in another
+/// namespace registering after it must not make the recoverer take the restarted instance
+/// for a dead one.
+#[tokio::test]
+async fn a_sidecar_kill_spares_the_restarted_instance_whatever_its_namesakes_do() {
+    let mut h = start(
+        vec![
+            injected_pod("demo", "users-a"),
+            injected_pod("staging", "users-a"),
+        ],
+        "namespaces: []\n",
+    )
+    .await;
+    let killed = h.owner("demo", "users-a", "i-killed");
+    h.claim("j-killed", &killed).await;
+    let restarted = h.owner("demo", "users-a", "i-restarted");
+    let namesake = h.owner("staging", "users-a", "i-namesake");
+    for owner in [&restarted, &namesake] {
+        h.store.register_sidecar(owner).await.expect("register");
+    }
+    h.claim("j-restarted", &restarted).await;
+    h.claim("j-namesake", &namesake).await;
+
+    let a_minute_ago = (k8s_openapi::jiff::Timestamp::now()
+        - k8s_openapi::jiff::SignedDuration::from_secs(60))
+    .to_string();
+    h.api.update("demo", "users-a", |p| {
+        *p = sidecar_restarted(p.clone(), terminated(137, "OOMKilled", None, &a_minute_ago))
+    });
+    let signal = h.next_signal().await;
+    assert!(
+        matches!(&signal, Signal::SidecarKilled { namespace, .. } if namespace == "demo"),
+        "{signal:?}"
+    );
+    assert_eq!(h.reconciler.on_signal(&signal).await.expect("Redis"), 1);
+    assert_eq!(h.status("j-killed").await, JobStatus::Orphaned);
+    assert_eq!(h.status("j-restarted").await, JobStatus::Running);
+    assert_eq!(h.status("j-namesake").await, JobStatus::Running);
+}
+
+/// A sidecar whose pod is not in the recoverer's store (label missing, namespace not watched,
+/// or a `pod_name` that fell back to a hostname that is not the pod's name) but that renews
+/// its lease keeps its job; once it stops renewing, the lease decides as for any owner.
+#[tokio::test]
+async fn reconcile_leaves_an_owner_it_cannot_see_to_its_lease() {
+    let h = start(vec![injected_pod("demo", "users-0")], "namespaces: []\n").await;
+    let lease = Duration::from_millis(1500);
+    let unseen = Owner::new("users-0.users.demo.svc", "i-1").in_namespace("demo");
+    h.claim_for("j1", &unseen, lease).await;
+
+    // Renew for two whole leases, reconciling between renewals.
+    let until = tokio::time::Instant::now() + 2 * lease;
+    let mut messages = 0;
+    while tokio::time::Instant::now() < until {
+        assert_eq!(h.reconciler.reconcile().await.expect("Redis"), 0);
+        messages += 1;
+        let renewal = Checkpoint {
+            job_id: "j1".into(),
+            fence: 1,
+            offset: Some(messages.to_string()),
+            messages,
+            lease_ttl: lease,
+        };
+        assert_eq!(
+            h.store.checkpoint(&renewal).await.expect("Redis"),
+            Write::Ok,
+            "the renewing owner lost its job: {:?}",
+            record(&h.store, "j1").await.last_error
+        );
+        tokio::time::sleep(lease / 5).await;
+    }
+
+    // It stops renewing: a pass after the lease has lapsed orphans the job.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.reconciler.reconcile().await.expect("Redis") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never orphaned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = record(&h.store, "j1").await;
+    assert_eq!(job.status, JobStatus::Orphaned);
+    assert_eq!(job.offset, Some(messages.to_string()));
+    assert!(
+        job.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("lease expired")),
+        "{:?}",
+        job.last_error
+    );
+}
+
+/// Log lines written while the guard lives (this thread only: the test runtime runs every
+/// task on it).
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        (Self(buffer), tracing::subscriber::set_default(subscriber))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let bytes = self.0.lock().expect("log buffer").clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains(" WARN "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An owner the store does not hold shows in `reprise_recoverer_unknown_owners` and is logged
+/// once, saying what to check; its jobs keep running.
+#[tokio::test]
+async fn an_unknown_owner_is_counted_and_logged_once() {
+    let (logs, _guard) = Logs::capture();
+    let h = start(vec![injected_pod("demo", "users-0")], "namespaces: []\n").await;
+    let unseen = Owner::new("users-0.users.demo.svc", "i-1").in_namespace("demo");
+    h.claim("j1", &unseen).await;
+    h.claim("j2", &unseen).await;
+    h.claim("j3", &h.owner("demo", "users-0", "i-2")).await;
+    let gauge = |metrics: &Metrics| {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("reprise_recoverer_unknown_owners "))
+            .map(str::to_owned)
+    };
+
+    assert_eq!(h.reconciler.reconcile().await.expect("Redis"), 0);
+    assert_eq!(
+        gauge(&h.metrics).as_deref(),
+        Some("0"),
+        "one pass is no proof"
+    );
+    for _ in 0..3 {
+        assert_eq!(h.reconciler.reconcile().await.expect("Redis"), 0);
+        assert_eq!(gauge(&h.metrics).as_deref(), Some("1"));
+    }
+    let warnings = logs.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    for needle in [
+        "demo/users-0.users.demo.svc",
+        "jobs=2",
+        "label_selector",
+        "namespaces",
+        "POD_NAME",
+        "reprise.dev/injected=true",
+    ] {
+        assert!(
+            warnings[0].contains(needle),
+            "{needle:?} in {}",
+            warnings[0]
+        );
+    }
+    for id in ["j1", "j2", "j3"] {
+        assert_eq!(h.status(id).await, JobStatus::Running, "{id}");
+    }
+}
