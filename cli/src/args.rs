@@ -63,6 +63,25 @@ pub enum Command {
     /// Jobs: one per resumable stream (`{prefix}:job:{id}` hashes).
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Add the sidecar to every pod template that asks for it (`reprise.dev/inject: enabled`),
+    /// offline: the YAML is written back to stdout, unchanged documents exactly as read.
+    Inject(InjectArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InjectArgs {
+    /// The manifests (several documents, Lists, any workload kind); `-` or absent: stdin.
+    pub file: Option<std::path::PathBuf>,
+    /// The sidecar's image, unless a pod sets `reprise.dev/image`.
+    #[arg(long, default_value = "reprise:latest")]
+    pub image: String,
+    /// The sidecar's imagePullPolicy, unless a pod sets `reprise.dev/image-pull-policy`.
+    #[arg(long, value_parser = ["Always", "IfNotPresent", "Never"], default_value = "IfNotPresent")]
+    pub image_pull_policy: String,
+    /// Add the sidecar as a plain container by default (clusters older than Kubernetes 1.29);
+    /// a pod's `reprise.dev/native-sidecar` still wins.
+    #[arg(long)]
+    pub classic_sidecar: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +152,22 @@ mod tests {
         assert!(Cli::try_parse_from(["reprise", "jobs", "ls", "--status", "Running"]).is_err());
         assert!(Cli::try_parse_from(["reprise", "jobs", "ls", "--limit", "0"]).is_err());
         assert!(Cli::try_parse_from(["reprise", "--prefix", "", "jobs", "ls"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn inject_takes_a_file_or_stdin() -> Result<(), clap::Error> {
+        let cli = Cli::try_parse_from(["reprise", "inject", "-", "--image", "r:1"])?;
+        match cli.command {
+            Command::Inject(args) => {
+                assert_eq!(args.file.as_deref(), Some(std::path::Path::new("-")));
+                assert_eq!(args.image, "r:1");
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["reprise", "inject", "--image-pull-policy", "Sometimes"]).is_err()
+        );
         Ok(())
     }
 }

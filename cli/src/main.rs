@@ -1,12 +1,14 @@
 //! `reprise jobs ls | show ID`: what the sidecars keep in Redis, for operators.
+//! `reprise inject [FILE|-]`: the sidecar added to manifests, offline (no Redis, no cluster).
 //!
 //! Lifecycle: arguments (bad usage exits 2, reported by clap) → connect to Redis (unreachable
 //! exits 1, naming the URL with its password masked) → one read-only command → print → exit 0,
-//! or 1 when something could not be read.
+//! or 1 when something could not be read. `inject` exits 2 on an invalid annotation.
 
 mod args;
 mod commands;
 mod format;
+mod inject;
 mod render;
 mod source;
 
@@ -21,6 +23,15 @@ use crate::source::Jobs;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Inject(args) = &cli.command {
+        return match inject::run(args) {
+            Ok(outcome) => finish(outcome),
+            Err(inject::Failure { message, code }) => {
+                eprintln!("reprise: {message}");
+                ExitCode::from(code)
+            }
+        };
+    }
     // One command, a handful of round trips: a single thread is plenty.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -40,6 +51,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Jobs(JobsCommand::Ls(args)) => commands::ls(&jobs, args, cli.output).await,
         Command::Jobs(JobsCommand::Show { id }) => commands::show(&jobs, id, cli.output).await,
+        Command::Inject(_) => unreachable!("inject runs without Redis, before the runtime"),
     }
 }
 

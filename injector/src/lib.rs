@@ -1,0 +1,163 @@
+//! Sidecar injection: one pod (its metadata and spec) in, the same pod with `reprise-sidecar`
+//! added out. Pure: no I/O, so the webhook (`reprise-injector`) and the CLI (`reprise inject`)
+//! run exactly the same code. [`manifest`] applies it to YAML documents of any workload kind.
+//!
+//! The annotations it reads are in [`annotations`]; the container it adds is the one the
+//! hand-written manifests of `k8s/example` had, so those are its golden output.
+
+pub mod annotations;
+pub mod manifest;
+mod options;
+mod pod;
+
+use std::collections::BTreeMap;
+
+pub use k8s_openapi;
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+pub use crate::options::Options;
+
+/// The sidecar container's name.
+pub const CONTAINER_NAME: &str = "reprise-sidecar";
+/// The volume that holds the ConfigMap, and where it is mounted.
+pub const CONFIG_VOLUME: &str = "reprise-config";
+pub const CONFIG_DIR: &str = "/etc/reprise";
+/// What `terminationGracePeriodSeconds` must exceed the sidecar's `shutdown_timeout` by: the
+/// kubelet's SIGKILL must not cut the final checkpoints short.
+pub const GRACE_MARGIN_SECONDS: i64 = 5;
+/// Kubernetes' own default grace period.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// What an installation fixes for every pod; annotations override most of it per pod.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    /// The app's gRPC target on loopback (the sidecar's `listen`).
+    pub proxy_port: u16,
+    /// `/metrics`, `/healthz`, `/readyz` (the sidecar's `metrics_listen`).
+    pub admin_port: u16,
+    /// `RUST_LOG`.
+    pub log_level: String,
+    /// The sidecar's `shutdown_timeout` as its config has it (sizes the grace period).
+    pub shutdown_timeout: std::time::Duration,
+    /// The ConfigMap when neither `reprise.dev/config` nor a service name gives one.
+    pub config_map: String,
+    /// Native sidecar (init container with `restartPolicy: Always`) unless a pod says otherwise.
+    pub native_sidecar: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            image: "reprise:latest".to_owned(),
+            image_pull_policy: Some("IfNotPresent".to_owned()),
+            cpu_request: "50m".to_owned(),
+            cpu_limit: "1".to_owned(),
+            memory_request: "32Mi".to_owned(),
+            memory_limit: "128Mi".to_owned(),
+            proxy_port: 15001,
+            admin_port: 15090,
+            log_level: "info".to_owned(),
+            shutdown_timeout: std::time::Duration::from_secs(20),
+            config_map: "reprise-sidecar".to_owned(),
+            native_sidecar: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Nothing asked for injection (`"not-requested"`), or `reprise.dev/inject: disabled` won
+    /// (`"disabled"`): unchanged.
+    Skip {
+        reason: &'static str,
+    },
+    /// Already injected (idempotence): unchanged.
+    AlreadyInjected,
+    Inject {
+        metadata: ObjectMeta,
+        spec: PodSpec,
+    },
+}
+
+/// An annotation whose value cannot be used, or a pod it cannot be applied to.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("annotation `{annotation}`: {problem}; valid: {valid}")]
+pub struct InjectError {
+    pub annotation: String,
+    pub problem: String,
+    pub valid: String,
+}
+
+impl InjectError {
+    #[cold]
+    pub(crate) fn new(
+        annotation: &str,
+        problem: impl Into<String>,
+        valid: impl Into<String>,
+    ) -> Self {
+        InjectError {
+            annotation: annotation.to_owned(),
+            problem: problem.into(),
+            valid: valid.into(),
+        }
+    }
+}
+
+/// Decides whether the pod gets the sidecar and, if so, returns it patched.
+///
+/// `namespace_annotations`: the pod's namespace's annotations when known (namespace-level
+/// `reprise.dev/inject`; the pod's own annotation wins).
+pub fn inject(
+    metadata: &ObjectMeta,
+    spec: &PodSpec,
+    namespace_annotations: Option<&BTreeMap<String, String>>,
+    settings: &Settings,
+) -> Result<Decision, InjectError> {
+    let empty = BTreeMap::new();
+    let pod_annotations = metadata.annotations.as_ref().unwrap_or(&empty);
+    let requested = match enabled(pod_annotations, annotations::INJECT)? {
+        Some(on) => on,
+        None => match namespace_annotations {
+            Some(ns) => enabled(ns, annotations::INJECT)?.unwrap_or(false),
+            None => false,
+        },
+    };
+    if !requested {
+        let disabled = pod_annotations.contains_key(annotations::INJECT)
+            || namespace_annotations.is_some_and(|ns| ns.contains_key(annotations::INJECT));
+        return Ok(Decision::Skip {
+            reason: if disabled {
+                "disabled"
+            } else {
+                "not-requested"
+            },
+        });
+    }
+    if pod::is_injected(metadata, spec) {
+        return Ok(Decision::AlreadyInjected);
+    }
+    let options = Options::parse(metadata, settings)?;
+    let (metadata, spec) = pod::patch(metadata, spec, &options)?;
+    Ok(Decision::Inject { metadata, spec })
+}
+
+/// `Some(true)` for `enabled`, `Some(false)` for `disabled`, `None` when absent.
+fn enabled(annotations: &BTreeMap<String, String>, key: &str) -> Result<Option<bool>, InjectError> {
+    match annotations.get(key).map(|v| v.trim()) {
+        None => Ok(None),
+        Some("enabled") => Ok(Some(true)),
+        Some("disabled") => Ok(Some(false)),
+        Some(other) => Err(InjectError::new(
+            key,
+            format!("`{other}` is not a value"),
+            "enabled, disabled",
+        )),
+    }
+}
