@@ -1,0 +1,134 @@
+//! `reprise inject` as a user runs it: the annotated example becomes the hand-written manifests
+//! of k8s/example, an invalid annotation exits 2 naming it, stdin works, unchanged input is
+//! written back byte for byte.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use k8s_openapi::api::apps::v1::Deployment;
+
+fn example(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../k8s/example")
+        .join(file)
+}
+
+fn reprise(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start reprise");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("reprise runs")
+}
+
+fn deployments(text: &str) -> Vec<Deployment> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| <Deployment as serde::Deserialize>::deserialize(doc).expect("a Deployment"))
+        .collect()
+}
+
+/// The hand-written manifests predate the annotations that ask for injection.
+fn without_reprise_annotations(mut d: Deployment) -> Deployment {
+    if let Some(annotations) = d
+        .spec
+        .template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.annotations.as_mut())
+    {
+        annotations.retain(|k, _| !k.starts_with("reprise.dev/"));
+    }
+    d
+}
+
+#[test]
+fn annotated_example_becomes_the_hand_written_manifests() {
+    let annotated = example("users-client-annotated.yaml");
+    let out = reprise(&["inject", annotated.to_str().expect("utf-8 path")], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let injected: Vec<_> = deployments(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .map(without_reprise_annotations)
+        .collect();
+    let mut expected = Vec::new();
+    for file in ["users-client.yaml", "users-client-native-sidecar.yaml"] {
+        let text = std::fs::read_to_string(example(file)).expect("read the example");
+        expected.extend(deployments(&text));
+    }
+    assert_eq!(injected.len(), 2);
+    for (got, want) in injected.iter().zip(&expected) {
+        assert_eq!(got, want, "{:?}", want.metadata.name);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Deployment demo/users-client: injected"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn hand_written_manifests_are_already_injected_and_written_back_as_read() {
+    let text = std::fs::read_to_string(example("users-client.yaml"))
+        .expect("read the example")
+        .replace(
+            "      annotations:\n",
+            "      annotations:\n        reprise.dev/inject: enabled\n",
+        );
+    assert!(text.contains("reprise.dev/inject: enabled"));
+    let out = reprise(&["inject", "-"], Some(&text));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already injected"));
+}
+
+#[test]
+fn an_invalid_annotation_exits_2_naming_it_and_the_valid_values() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    reprise.dev/inject: yes\nspec:\n  containers: [{name: app, image: app}]\n";
+    let out = reprise(&["inject"], Some(pod));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("annotation `reprise.dev/inject`")
+            && stderr.contains("valid: enabled, disabled"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn image_flag_sets_the_sidecar_image() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    reprise.dev/inject: enabled\nspec:\n  containers: [{name: app, image: app}]\n";
+    let out = reprise(
+        &["inject", "--image", "registry.example/reprise:1.2"],
+        Some(pod),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("image: registry.example/reprise:1.2"));
+}
+
+#[test]
+fn unreadable_input_exits_1() {
+    let out = reprise(&["inject", "/nonexistent/manifest.yaml"], None);
+    assert_eq!(out.status.code(), Some(1));
+}
