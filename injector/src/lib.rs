@@ -71,6 +71,9 @@ impl Default for Settings {
     }
 }
 
+/// One per admission or per pod template, consumed at once: boxing the patched pod would only
+/// add an allocation and a `*` at every caller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Nothing asked for injection (`"not-requested"`), or `reprise.dev/inject: disabled` won
