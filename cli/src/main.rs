@@ -23,15 +23,19 @@ use crate::source::Jobs;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Inject(args) = &cli.command {
-        return match inject::run(args) {
-            Ok(outcome) => finish(outcome),
-            Err(inject::Failure { message, code }) => {
-                eprintln!("reprise: {message}");
-                ExitCode::from(code)
-            }
-        };
-    }
+    let jobs_command = match &cli.command {
+        Command::Jobs(command) => command,
+        // Offline: no Redis, no runtime.
+        Command::Inject(args) => {
+            return match inject::run(args) {
+                Ok(outcome) => finish(outcome),
+                Err(inject::Failure { message, code }) => {
+                    eprintln!("reprise: {message}");
+                    ExitCode::from(code)
+                }
+            };
+        }
+    };
     // One command, a handful of round trips: a single thread is plenty.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -40,18 +44,17 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&anyhow::Error::new(e).context("cannot start the runtime")),
     };
-    match runtime.block_on(run(&cli)) {
+    match runtime.block_on(run(&cli, jobs_command)) {
         Ok(outcome) => finish(outcome),
         Err(e) => fail(&e),
     }
 }
 
-async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+async fn run(cli: &Cli, command: &JobsCommand) -> anyhow::Result<Outcome> {
     let jobs = Jobs::connect(&cli.redis_url, &cli.prefix).await?;
-    match &cli.command {
-        Command::Jobs(JobsCommand::Ls(args)) => commands::ls(&jobs, args, cli.output).await,
-        Command::Jobs(JobsCommand::Show { id }) => commands::show(&jobs, id, cli.output).await,
-        Command::Inject(_) => unreachable!("inject runs without Redis, before the runtime"),
+    match command {
+        JobsCommand::Ls(args) => commands::ls(&jobs, args, cli.output).await,
+        JobsCommand::Show { id } => commands::show(&jobs, id, cli.output).await,
     }
 }
 
