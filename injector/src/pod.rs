@@ -136,6 +136,17 @@ fn check_ports(spec: &PodSpec, options: &Options) -> Result<(), InjectError> {
     Ok(())
 }
 
+/// The containers that can reach the sidecar: the init containers only when the sidecar is
+/// native (it starts before them).
+fn app_containers(spec: &PodSpec, native: bool) -> impl Iterator<Item = &Container> {
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(move |_| native);
+    init.chain(spec.containers.iter())
+}
+
 /// Points each `reprise.dev/target-env` variable at the sidecar; returns the upstream their old
 /// value named.
 fn point_targets_at_sidecar(
@@ -145,12 +156,7 @@ fn point_targets_at_sidecar(
     let mut upstream: Option<(String, String)> = None;
     for name in &options.target_env {
         let mut old: Option<String> = None;
-        let containers = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter());
-        for c in containers {
+        for c in app_containers(spec, options.native_sidecar) {
             for var in c.env.iter().flatten().filter(|v| &v.name == name) {
                 if var.value_from.is_some() {
                     return Err(InjectError::new(
@@ -201,11 +207,10 @@ fn point_targets_at_sidecar(
                 None => upstream = Some((name.clone(), target)),
             }
         }
-        let containers = spec
-            .init_containers
-            .iter_mut()
-            .flatten()
-            .chain(spec.containers.iter_mut());
+        // Init containers run after a native sidecar has started, before a classic one exists.
+        let native = options.native_sidecar;
+        let init = spec.init_containers.iter_mut().flatten().filter(|_| native);
+        let containers = init.chain(spec.containers.iter_mut());
         for var in containers.flat_map(|c| c.env.iter_mut().flatten()) {
             if &var.name == name {
                 var.value = Some(new.clone());
