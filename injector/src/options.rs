@@ -146,9 +146,38 @@ impl Options {
         let shutdown = get(a::SHUTDOWN_TIMEOUT)
             .map(|d| duration(a::SHUTDOWN_TIMEOUT, d))
             .transpose()?;
-        let drain_period = get(a::DRAIN_PERIOD)
-            .map(|d| duration(a::DRAIN_PERIOD, d).map(|_| d.to_owned()))
-            .transpose()?;
+        let shutdown_timeout = shutdown
+            .as_ref()
+            .map_or(settings.shutdown_timeout, |(d, _)| *d);
+        let drain_period = match get(a::DRAIN_PERIOD) {
+            None => None,
+            Some(text) => {
+                // The sidecar's rule: zero (no drain) is allowed, and it must end before the
+                // shutdown deadline or streams are never handed off.
+                let d = if text == "0" {
+                    Duration::ZERO
+                } else {
+                    humantime::parse_duration(text).map_err(|_| {
+                        InjectError::new(
+                            a::DRAIN_PERIOD,
+                            format!("`{text}` is not a duration"),
+                            "0 or a duration like 500ms, 2s",
+                        )
+                    })?
+                };
+                if d >= shutdown_timeout {
+                    return Err(InjectError::new(
+                        a::DRAIN_PERIOD,
+                        format!(
+                            "`{text}` is not shorter than the shutdown timeout ({})",
+                            humantime::format_duration(shutdown_timeout)
+                        ),
+                        "a duration shorter than reprise.dev/shutdown-timeout",
+                    ));
+                }
+                Some(text.to_owned())
+            }
+        };
         let amqp_secret = get(a::AMQP_SECRET)
             .map(|s| dns_subdomain(a::AMQP_SECRET, s))
             .transpose()?;
@@ -169,9 +198,7 @@ impl Options {
             admin_port,
             proxy_port_set,
             admin_port_set,
-            shutdown_timeout: shutdown
-                .as_ref()
-                .map_or(settings.shutdown_timeout, |(d, _)| *d),
+            shutdown_timeout,
             shutdown_timeout_set: shutdown.map(|(_, text)| text),
             drain_period,
             amqp_secret,

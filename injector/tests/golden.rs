@@ -206,7 +206,8 @@ fn every_invalid_annotation_is_refused_naming_it() {
         (a::PROXY_PORT, "0"),
         (a::ADMIN_PORT, "70000"),
         (a::SHUTDOWN_TIMEOUT, "20"),
-        (a::DRAIN_PERIOD, "0s"),
+        (a::DRAIN_PERIOD, "soon"),
+        (a::DRAIN_PERIOD, "20s"),
         (a::AMQP_SECRET, "secret/url"),
     ];
     let mut report = String::new();
