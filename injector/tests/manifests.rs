@@ -133,6 +133,16 @@ fn the_configuration_is_valid_and_agrees_with_the_deployment() -> anyhow::Result
     );
     assert_eq!(doc("pdb.yaml")["spec"]["minAvailable"], 1);
     assert_eq!(
+        pod["automountServiceAccountToken"], true,
+        "namespaces are read with it"
+    );
+    let rbac = std::fs::read_to_string(injector_dir().join("rbac.yaml"))?;
+    assert!(
+        rbac.contains("    resources: [\"namespaces\"]\n    verbs: [\"get\"]\n"),
+        "{rbac}"
+    );
+    assert_eq!(rbac.matches("resources:").count(), 1, "one rule: {rbac}");
+    assert_eq!(
         doc("service.yaml")["spec"]["ports"][0]["targetPort"],
         "https"
     );
@@ -149,6 +159,8 @@ fn the_configuration_is_valid_and_agrees_with_the_deployment() -> anyhow::Result
         .arg("--check")
         .env("REPRISE_TLS_CERT", &cert)
         .env("REPRISE_TLS_KEY", &key)
+        // In the cluster, the service account; here, none (`--check` builds no client).
+        .env("REPRISE_KUBE", "false")
         .output()?;
     assert!(
         out.status.success(),

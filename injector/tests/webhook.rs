@@ -309,3 +309,74 @@ fn bad_configuration_exits_2_naming_the_key() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_namespace_annotation_applies_to_its_pods_and_the_pod_wins() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let (api, reads) = support::fake_api(
+        [
+            (
+                "shop".to_owned(),
+                serde_json::json!({"reprise.dev/inject": "enabled"}),
+            ),
+            ("plain".to_owned(), serde_json::json!({"team": "payments"})),
+        ]
+        .into(),
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let injector = Injector::start_with(&[
+        ("REPRISE_KUBE", "true".to_owned()),
+        (
+            "KUBECONFIG",
+            support::kubeconfig(dir.path(), api).display().to_string(),
+        ),
+        ("REPRISE_NAMESPACE_CACHE_TTL", "1h".to_owned()),
+    ]);
+    let mut client = Client::connect(injector.port, &[ca(&injector.cert())]).await?;
+    let post = |ns: &str, uid: &str, a: serde_json::Value| {
+        serde_json::to_vec(&support::review_in(ns, uid, a)).unwrap_or_default()
+    };
+
+    // Not annotated itself, in an annotated namespace: injected.
+    let (status, body) = client
+        .post("/inject", post("shop", "n-1", serde_json::json!({})))
+        .await?;
+    assert_eq!(status, 200);
+    let answer = response(&body)?;
+    assert_eq!(answer["allowed"], true);
+    assert!(answer["patch"].is_string(), "{answer}");
+    // The pod's own `disabled` wins over its namespace, and needs no lookup.
+    let (_, body) = client
+        .post(
+            "/inject",
+            post(
+                "shop",
+                "n-2",
+                serde_json::json!({"reprise.dev/inject": "disabled"}),
+            ),
+        )
+        .await?;
+    assert!(response(&body)?.get("patch").is_none());
+    // A namespace without the annotation, one that does not exist: untouched.
+    for ns in ["plain", "gone"] {
+        let (status, body) = client
+            .post("/inject", post(ns, "n-3", serde_json::json!({})))
+            .await?;
+        assert_eq!(status, 200);
+        let answer = response(&body)?;
+        assert_eq!(answer["allowed"], true);
+        assert!(answer.get("patch").is_none(), "{ns}: {answer}");
+    }
+    // Within the cache's ttl, `shop` is not read again.
+    let (_, body) = client
+        .post("/inject", post("shop", "n-4", serde_json::json!({})))
+        .await?;
+    assert!(response(&body)?["patch"].is_string());
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        3,
+        "shop, plain, gone: once each"
+    );
+    Ok(())
+}

@@ -93,6 +93,36 @@ fn busy(key: &str, addr: std::net::SocketAddr, e: &std::io::Error) -> String {
     )
 }
 
+/// Whether Kubernetes is configured the standard way: `KUBECONFIG`, an in-cluster service
+/// account, or `~/.kube/config`.
+fn kube_configured() -> bool {
+    std::env::var_os("KUBECONFIG").is_some()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("HOME")
+            .map(|h| std::path::Path::new(&h).join(".kube/config").exists())
+            .unwrap_or(false)
+}
+
+/// The client that reads namespaces, as `kube` says (for `auto`: when Kubernetes is configured).
+/// `Err` only when `kube: true` and no client can be built.
+async fn kube_client(kube: Option<bool>) -> Result<Option<kube::Client>, String> {
+    if !kube.unwrap_or_else(kube_configured) {
+        return Ok(None);
+    }
+    // kube's TLS is rustls with ring; install it as the process default once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match kube::Client::try_default().await {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if kube == Some(true) => Err(format!(
+            "key `kube`: true, but no Kubernetes client could be built (KUBECONFIG or in-cluster): {e}"
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "kubernetes not reachable");
+            Ok(None)
+        }
+    }
+}
+
 /// Bound before the runtime starts, so that a busy port is reported as the configuration error
 /// it is.
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -122,9 +152,26 @@ async fn run(
         shutdown.clone(),
     ));
     tokio::spawn(certificate.watch(shutdown.clone()));
+    let namespaces = match kube_client(config.kube).await {
+        Ok(Some(client)) => Some(webhook::namespaces::Namespaces::new(
+            client,
+            config.namespace_cache_ttl,
+        )),
+        Ok(None) => {
+            tracing::warn!(
+                "no Kubernetes API: namespace annotations are not applied, pods decide alone"
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("reprise-injector: invalid configuration:\n{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let webhook = Arc::new(Webhook {
         settings: config.settings(),
         metrics,
+        namespaces,
     });
     let server = tokio::spawn(server::serve(
         tokio::net::TcpListener::from_std(listener)?,

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub pods_denied: Family<ReasonLabels, Counter>,
     pub bad_requests: Family<ReasonLabels, Counter>,
     pub request_duration: Histogram,
+    pub namespace_lookup_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -73,7 +74,14 @@ impl Default for Metrics {
             "Time from a request's headers to its response, for every POST /inject",
             request_duration.clone(),
         );
+        let namespace_lookup_errors = Counter::default();
+        registry.register(
+            "namespace_lookup_errors",
+            "Namespace reads that failed or timed out (the last value seen was used)",
+            namespace_lookup_errors.clone(),
+        );
         Metrics {
+            namespace_lookup_errors,
             registry,
             pods_injected,
             pods_skipped,

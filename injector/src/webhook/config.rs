@@ -14,6 +14,8 @@ pub const KEYS: &[&str] = &[
     "image_pull_policy",
     "shutdown_timeout",
     "log_format",
+    "kube",
+    "namespace_cache_ttl",
 ];
 
 #[derive(Clone, Debug)]
@@ -26,6 +28,9 @@ pub struct Config {
     pub image_pull_policy: Option<String>,
     pub shutdown_timeout: Duration,
     pub json_logs: bool,
+    /// `None`: read namespaces when a kubeconfig or an in-cluster service account is found.
+    pub kube: Option<bool>,
+    pub namespace_cache_ttl: Duration,
 }
 
 impl Config {
@@ -137,8 +142,28 @@ impl Config {
                 false
             }
         };
+        let kube = match text_of("kube").as_deref() {
+            None | Some("auto") => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => {
+                errors.push(format!(
+                    "key `kube`: {other:?} is not valid; valid: true, false, auto"
+                ));
+                None
+            }
+        };
+        let ttl = text_of("namespace_cache_ttl").unwrap_or_else(|| "10s".into());
+        let namespace_cache_ttl = humantime::parse_duration(&ttl).unwrap_or_else(|_| {
+            errors.push(format!(
+                "key `namespace_cache_ttl`: {ttl:?} is not a duration; valid: e.g. 0s, 10s, 1m"
+            ));
+            Duration::from_secs(10)
+        });
         if errors.is_empty() {
             Ok(Config {
+                kube,
+                namespace_cache_ttl,
                 listen,
                 tls_cert,
                 tls_key,

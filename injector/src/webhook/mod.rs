@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod namespaces;
 pub mod review;
 pub mod server;
 pub mod tls;

@@ -44,11 +44,31 @@ pub enum ReviewError {
 }
 
 /// Decides one review. `namespace_annotations` are those of `request.namespace`, when known.
+#[cfg(test)]
 pub fn review(
     body: &[u8],
     namespace_annotations: Option<&BTreeMap<String, String>>,
     settings: &Settings,
 ) -> Result<(AdmissionReview<DynamicObject>, Outcome), ReviewError> {
+    decide(&parse(body)?, namespace_annotations, settings)
+}
+
+/// The namespace whose annotations the decision needs: a pod's that does not say
+/// `reprise.dev/inject` itself (the pod wins over its namespace).
+pub fn namespace_needed(request: &AdmissionRequest<DynamicObject>) -> Option<&str> {
+    let object = request.object.as_ref()?;
+    let asks = object
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(reprise_injector::annotations::INJECT));
+    if asks || request.kind.kind != "Pod" {
+        return None;
+    }
+    request.namespace.as_deref()
+}
+
+pub fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
     if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
@@ -57,10 +77,17 @@ pub fn review(
             review.types.api_version, review.types.kind
         )));
     }
-    let request: AdmissionRequest<DynamicObject> = review
+    review
         .try_into()
-        .map_err(|_| ReviewError::Malformed("no `request`".into()))?;
-    let response = AdmissionResponse::from(&request);
+        .map_err(|_| ReviewError::Malformed("no `request`".into()))
+}
+
+pub fn decide(
+    request: &AdmissionRequest<DynamicObject>,
+    namespace_annotations: Option<&BTreeMap<String, String>>,
+    settings: &Settings,
+) -> Result<(AdmissionReview<DynamicObject>, Outcome), ReviewError> {
+    let response = AdmissionResponse::from(request);
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
     let object = match (&request.object, is_pod) {
         (Some(object), true) => object,
@@ -95,7 +122,7 @@ pub fn review(
                 match response.with_patch(patch) {
                     Ok(r) => (r, Outcome::Injected),
                     Err(e) => (
-                        AdmissionResponse::from(&request)
+                        AdmissionResponse::from(request)
                             .deny(format!("cannot encode the patch: {e}")),
                         Outcome::Denied("patch".into()),
                     ),

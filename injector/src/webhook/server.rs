@@ -21,7 +21,8 @@ use tracing::Instrument;
 
 use super::{
     admin::Metrics,
-    review::{Outcome, review, to_wire},
+    namespaces::Namespaces,
+    review::{Outcome, decide, namespace_needed, parse, to_wire},
 };
 
 /// The API server's own limit on a request body (3 MiB); a larger AdmissionReview cannot come
@@ -33,6 +34,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Webhook {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    /// `None`: no Kubernetes API (`kube: false`), namespace annotations are not applied.
+    pub namespaces: Option<Namespaces>,
 }
 
 pub async fn serve(
@@ -125,8 +128,23 @@ async fn inject(webhook: &Webhook, req: Request<Incoming>) -> Response<Full<Byte
             return plain(StatusCode::BAD_REQUEST, &format!("reading the body: {e}\n"));
         }
     };
-    // Namespace annotations are not read from the API: see docs/design.md, "Namespaces".
-    match review(&body, None, &webhook.settings) {
+    let decided = match parse(&body) {
+        Ok(request) => {
+            let inherited = match (namespace_needed(&request), &webhook.namespaces) {
+                (Some(name), Some(namespaces)) => {
+                    let (annotations, source) = namespaces.annotations(name).await;
+                    if source == super::namespaces::Source::Stale {
+                        webhook.metrics.namespace_lookup_errors.inc();
+                    }
+                    annotations
+                }
+                _ => None,
+            };
+            decide(&request, inherited.as_ref(), &webhook.settings)
+        }
+        Err(e) => Err(e),
+    };
+    match decided {
         Ok((answer, outcome)) => {
             let uid = answer
                 .response

@@ -111,7 +111,12 @@ impl Injector {
         self.dir.path().join("tls.key")
     }
 
+    /// Without a Kubernetes API: namespace annotations are not applied.
     pub fn start() -> Injector {
+        Self::start_with(&[("REPRISE_KUBE", "false".to_owned())])
+    }
+
+    pub fn start_with(env: &[(&str, String)]) -> Injector {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         make_cert(&cert, &key, "first");
@@ -133,6 +138,7 @@ impl Injector {
                 "REPRISE_METRICS_LISTEN",
                 format!("127.0.0.1:{metrics_port}"),
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -376,4 +382,85 @@ pub fn review(uid: &str, annotations: serde_json::Value) -> serde_json::Value {
             "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
         }
     })
+}
+
+/// A Kubernetes API server that knows namespaces and nothing else: `GET
+/// /api/v1/namespaces/{name}` answers the Namespace with `annotations`, or a 404 Status as the
+/// real one does. Returns its port and the number of namespace reads it has answered.
+pub async fn fake_api(
+    namespaces: std::collections::BTreeMap<String, serde_json::Value>,
+) -> anyhow::Result<(u16, Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let (namespaces, counter) = (Arc::new(namespaces), reads.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (namespaces, counter) = (namespaces.clone(), counter.clone());
+            let service = hyper::service::service_fn(
+                move |req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_owned();
+                    let name = path
+                        .strip_prefix("/api/v1/namespaces/")
+                        .unwrap_or_default()
+                        .to_owned();
+                    let found = namespaces.get(&name).cloned();
+                    if !name.is_empty() {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let (status, body) = match found {
+                        Some(annotations) => (
+                            200,
+                            serde_json::json!({
+                                "kind": "Namespace", "apiVersion": "v1",
+                                "metadata": {"name": name, "uid": "3c3c2c4e-1f0e-4a57-9b7b-5d2a8f0b6a11", "resourceVersion": "41",
+                                    "labels": {"kubernetes.io/metadata.name": name}, "annotations": annotations},
+                                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
+                            }),
+                        ),
+                        None => (
+                            404,
+                            serde_json::json!({
+                                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                "message": format!("namespaces \"{name}\" not found"), "reason": "NotFound",
+                                "details": {"name": name, "kind": "namespaces"}, "code": 404
+                            }),
+                        ),
+                    };
+                    let res = http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body.to_string())));
+                    async move { res }
+                },
+            );
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((port, reads))
+}
+
+/// A kubeconfig pointing at `port` on loopback, without credentials.
+pub fn kubeconfig(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .expect("kubeconfig");
+    path
+}
+
+/// `review` for a pod in `namespace`.
+pub fn review_in(namespace: &str, uid: &str, annotations: serde_json::Value) -> serde_json::Value {
+    let mut r = review(uid, annotations);
+    r["request"]["namespace"] = serde_json::Value::String(namespace.to_owned());
+    r
 }
