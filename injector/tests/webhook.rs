@@ -380,3 +380,45 @@ async fn a_namespace_annotation_applies_to_its_pods_and_the_pod_wins() -> anyhow
     );
     Ok(())
 }
+
+/// The API server's webhook client negotiates HTTP/2 when offered: several reviews at once on
+/// one h2 connection.
+#[tokio::test]
+async fn reviews_over_http2() -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Full};
+    let injector = Injector::start();
+    let tls =
+        support::tls_alpn(injector.port, &[ca(&injector.cert())], vec![b"h2".to_vec()]).await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let mut sender = sender.clone();
+        let body = serde_json::to_vec(&review(
+            &format!("h2-{i}"),
+            serde_json::json!({"reprise.dev/inject": "enabled"}),
+        ))?;
+        calls.push(tokio::spawn(async move {
+            let req = http::Request::post("https://localhost/inject")
+                .header("content-type", "application/json")
+                .body(Full::new(bytes::Bytes::from(body)))?;
+            let res = sender.send_request(req).await?;
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await?.to_bytes();
+            Ok::<_, anyhow::Error>((i, status, body))
+        }));
+    }
+    for call in calls {
+        let (i, status, body) = call.await??;
+        assert_eq!(status, 200);
+        let answer = response(&body)?;
+        assert_eq!(answer["uid"], format!("h2-{i}"));
+        assert!(answer["patch"].is_string());
+    }
+    Ok(())
+}

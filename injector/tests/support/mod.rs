@@ -212,6 +212,14 @@ pub async fn tls(
     port: u16,
     roots: &[CertificateDer<'static>],
 ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_alpn(port, roots, Vec::new()).await
+}
+
+pub async fn tls_alpn(
+    port: u16,
+    roots: &[CertificateDer<'static>],
+    alpn: Vec<Vec<u8>>,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone())?;
@@ -222,6 +230,8 @@ pub async fn tls(
     .with_safe_default_protocol_versions()?
     .with_root_certificates(store)
     .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn;
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost")?, tcp)
