@@ -145,11 +145,13 @@ async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
+    // The admin port outlives the drain: /readyz answers 503 and /metrics stays scrapeable.
+    let admin_stop = CancellationToken::new();
     tokio::spawn(admin::serve(
         tokio::net::TcpListener::from_std(admin)?,
         metrics.clone(),
         health.clone(),
-        shutdown.clone(),
+        admin_stop.clone(),
     ));
     tokio::spawn(certificate.watch(shutdown.clone()));
     let namespaces = match kube_client(config.kube).await {
@@ -206,6 +208,7 @@ async fn run(
             "shutdown: deadline passed; exiting anyway"
         );
     }
+    admin_stop.cancel();
     tracing::info!("shutdown: done");
     Ok(ExitCode::SUCCESS)
 }
