@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image with every Reprise binary: reprise-sidecar, reprise-recoverer, the reprise CLI and
+# One image with every Reprise binary: reprise-sidecar, reprise-recoverer, reprise-injector, the reprise CLI and
 # the demo apps (demo-server, demo-client, demo-sink). The manifests in k8s/ pick the binary
 # with `command:`. Build from the repository root:
 #
@@ -23,9 +23,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --profile dist --locked -p reprise-sidecar \
  && mkdir -p /out \
  && cp target/dist/reprise-sidecar /out/ \
- && cargo build --profile dist --locked -p reprise-recoverer -p reprise-cli -p reprise-demo \
+ && cargo build --profile dist --locked -p reprise-recoverer -p reprise-injector -p reprise-cli -p reprise-demo \
  && cd target/dist \
- && cp reprise-recoverer reprise demo-server demo-client demo-sink /out/
+ && cp reprise-recoverer reprise-injector reprise demo-server demo-client demo-sink /out/
 
 FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="reprise" \

@@ -76,7 +76,7 @@ impl Default for Settings {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Nothing asked for injection (`"not-requested"`), or `reprise.dev/inject: disabled` won
+    /// Nothing asked for injection (`"not_requested"`), or `reprise.dev/inject: disabled` won
     /// (`"disabled"`): unchanged.
     Skip {
         reason: &'static str,
@@ -139,7 +139,7 @@ pub fn inject(
             reason: if disabled {
                 "disabled"
             } else {
-                "not-requested"
+                "not_requested"
             },
         });
     }

@@ -269,7 +269,7 @@ mod tests {
                     apiVersion: v1\nkind: Pod\nmetadata:\n  name: p   # kept\nspec:\n  containers: [{name: a, image: b}]\n";
         let out = inject_yaml(text, &Settings::default())?;
         assert_eq!(out.output, text);
-        assert_eq!(out.notes, ["Pod p: skipped (not-requested)"]);
+        assert_eq!(out.notes, ["Pod p: skipped (not_requested)"]);
         Ok(())
     }
 }

@@ -314,7 +314,7 @@ fn decisions_without_a_patch() {
     assert_eq!(
         inject(&metadata, &spec, None, &settings),
         Ok(Decision::Skip {
-            reason: "not-requested"
+            reason: "not_requested"
         })
     );
     assert_eq!(
