@@ -24,6 +24,7 @@
 //! and rate-limits its warnings when `accept` fails (file descriptors run out).
 
 mod bus;
+pub mod config_file;
 mod error;
 mod events;
 mod keys;

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use reprise_jobs::redact_url;
+use reprise_jobs::{config_file, redact_url};
 use serde_yaml::Value;
 
 pub const KEYS: &[&str] = &[
@@ -58,51 +58,15 @@ impl Config {
         path: Option<&std::path::Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, Vec<String>> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| vec![format!("config file {}: {e}", p.display())])?,
-            None => String::new(),
-        };
-        Self::parse(&text, env)
+        Self::parse(&config_file::read(path)?, env)
     }
 
     pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Config, Vec<String>> {
-        let mut errors = Vec::new();
-        let mut map: BTreeMap<String, Value> = BTreeMap::new();
-        if !text.trim().is_empty() {
-            match serde_yaml::from_str::<Value>(text) {
-                Ok(Value::Mapping(m)) => {
-                    for (k, v) in m {
-                        let key = k.as_str().unwrap_or_default().to_owned();
-                        if KEYS.contains(&key.as_str()) {
-                            map.insert(key, v);
-                        } else {
-                            errors.push(format!(
-                                "unknown key `{key}`; valid keys: {}",
-                                KEYS.join(", ")
-                            ));
-                        }
-                    }
-                }
-                Ok(Value::Null) => {}
-                Ok(_) => errors.push("config: the top level must be a mapping of keys".into()),
-                Err(e) => return Err(vec![format!("config: {e}")]),
-            }
-        }
-        for key in KEYS {
-            if let Some(raw) = env.get(&format!("REPRISE_{}", key.to_uppercase())) {
-                let v = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
-                map.insert((*key).to_owned(), v);
-            }
-        }
-        let text_of = |key: &str| -> Option<String> {
-            match map.get(key)? {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                Value::Bool(b) => Some(b.to_string()),
-                _ => None,
-            }
-        };
+        let config_file::Values {
+            values: map,
+            mut errors,
+        } = config_file::values(text, env, KEYS)?;
+        let text_of = |key: &str| -> Option<String> { config_file::scalar(map.get(key)?) };
         let redis_url = text_of("redis_url").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
             errors.push(format!(
