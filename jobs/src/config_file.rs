@@ -75,6 +75,16 @@ pub fn scalar(value: &Value) -> Option<String> {
     }
 }
 
+/// Whether Kubernetes is configured the standard way: `KUBECONFIG`, an in-cluster service
+/// account, or `~/.kube/config` (the default of the binaries' `kube` key).
+pub fn kube_configured() -> bool {
+    std::env::var_os("KUBECONFIG").is_some()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("HOME")
+            .map(|h| std::path::Path::new(&h).join(".kube/config").exists())
+            .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use reprise_jobs::config_file;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -40,16 +41,6 @@ impl PodView for KubeView {
     }
 }
 
-/// Whether Kubernetes is configured the standard way: `KUBECONFIG`, an in-cluster service
-/// account, or `~/.kube/config`.
-fn kube_configured() -> bool {
-    std::env::var_os("KUBECONFIG").is_some()
-        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
-        || std::env::var_os("HOME")
-            .map(|h| std::path::Path::new(&h).join(".kube/config").exists())
-            .unwrap_or(false)
-}
-
 /// Starts the pod watch when `kube` says so (or, for `auto`, when Kubernetes is configured).
 /// `Err` only when `kube: true` and no client can be built.
 pub async fn start(
@@ -58,7 +49,7 @@ pub async fn start(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<Option<Arc<dyn PodView>>, String> {
-    if !config.kube.unwrap_or_else(kube_configured) {
+    if !config.kube.unwrap_or_else(config_file::kube_configured) {
         return Ok(None);
     }
     // kube's TLS is rustls with ring; install it as the process default once.

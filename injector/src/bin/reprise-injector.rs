@@ -12,6 +12,7 @@ mod webhook;
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::Parser;
+use reprise_jobs::config_file;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use webhook::{
@@ -93,20 +94,10 @@ fn busy(key: &str, addr: std::net::SocketAddr, e: &std::io::Error) -> String {
     )
 }
 
-/// Whether Kubernetes is configured the standard way: `KUBECONFIG`, an in-cluster service
-/// account, or `~/.kube/config`.
-fn kube_configured() -> bool {
-    std::env::var_os("KUBECONFIG").is_some()
-        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
-        || std::env::var_os("HOME")
-            .map(|h| std::path::Path::new(&h).join(".kube/config").exists())
-            .unwrap_or(false)
-}
-
 /// The client that reads namespaces, as `kube` says (for `auto`: when Kubernetes is configured).
 /// `Err` only when `kube: true` and no client can be built.
 async fn kube_client(kube: Option<bool>) -> Result<Option<kube::Client>, String> {
-    if !kube.unwrap_or_else(kube_configured) {
+    if !kube.unwrap_or_else(config_file::kube_configured) {
         return Ok(None);
     }
     // kube's TLS is rustls with ring; install it as the process default once.
