@@ -30,8 +30,8 @@ pub fn run(args: &InjectArgs) -> Result<Outcome, Failure> {
             notes: injected.notes,
             complete: true,
         }),
-        Err(e @ ManifestError::Inject { .. }) => Err(Failure {
-            message: format!("{source}: {e}"),
+        Err(e @ (ManifestError::Inject { .. } | ManifestError::Invalid(_))) => Err(Failure {
+            message: invalid_lines(&source, &e),
             code: 2,
         }),
         Err(e) => Err(Failure {
@@ -39,6 +39,29 @@ pub fn run(args: &InjectArgs) -> Result<Outcome, Failure> {
             code: 1,
         }),
     }
+}
+
+/// One line per invalid annotation, each naming the input, the document and the object.
+fn invalid_lines(source: &str, e: &ManifestError) -> String {
+    let mut lines = Vec::new();
+    for each in e.each() {
+        match each {
+            ManifestError::Inject {
+                document,
+                object,
+                source: problems,
+            } => {
+                for p in problems.problems() {
+                    lines.push(format!(
+                        "{source}: document {document}: {object}: annotation `{}`: {}; valid: {}",
+                        p.annotation, p.problem, p.valid
+                    ));
+                }
+            }
+            other => lines.push(format!("{source}: {other}")),
+        }
+    }
+    lines.join("\n")
 }
 
 fn read(file: Option<&Path>) -> Result<(String, String), Failure> {

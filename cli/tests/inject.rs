@@ -1,5 +1,5 @@
-//! `reprise inject` as a user runs it: the annotated example becomes the hand-written manifests
-//! of k8s/example, an invalid annotation exits 2 naming it, stdin works, unchanged input is
+//! `reprise inject` as a user runs it: k8s/example's annotated app becomes the hand-written
+//! manifests of k8s/example/injected, an invalid annotation exits 2 naming it, stdin works, unchanged input is
 //! written back byte for byte.
 
 use std::io::Write as _;
@@ -52,8 +52,25 @@ fn without_reprise_annotations(mut d: Deployment) -> Deployment {
 
 #[test]
 fn annotated_example_becomes_the_hand_written_manifests() {
-    let annotated = example("users-client-annotated.yaml");
-    let out = reprise(&["inject", annotated.to_str().expect("utf-8 path")], None);
+    // The two annotated files as one input of two documents.
+    let mut annotated = String::new();
+    for file in ["users-client.yaml", "users-client-native-sidecar.yaml"] {
+        annotated.push_str("---\n");
+        annotated.push_str(&std::fs::read_to_string(example(file)).expect("read the example"));
+    }
+    // Annotations only: what a user writes carries nothing of the sidecar.
+    for d in deployments(&annotated) {
+        let pod = d.spec.template.spec.expect("a pod spec");
+        let names: Vec<_> = pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["app"]);
+        assert!(pod.volumes.is_none());
+    }
+    let out = reprise(&["inject", "-"], Some(&annotated));
     assert!(
         out.status.success(),
         "{}",
@@ -64,7 +81,10 @@ fn annotated_example_becomes_the_hand_written_manifests() {
         .map(without_reprise_annotations)
         .collect();
     let mut expected = Vec::new();
-    for file in ["users-client.yaml", "users-client-native-sidecar.yaml"] {
+    for file in [
+        "injected/users-client.yaml",
+        "injected/users-client-native-sidecar.yaml",
+    ] {
         let text = std::fs::read_to_string(example(file)).expect("read the example");
         expected.extend(deployments(&text));
     }
@@ -81,7 +101,7 @@ fn annotated_example_becomes_the_hand_written_manifests() {
 
 #[test]
 fn hand_written_manifests_are_already_injected_and_written_back_as_read() {
-    let text = std::fs::read_to_string(example("users-client.yaml"))
+    let text = std::fs::read_to_string(example("injected/users-client.yaml"))
         .expect("read the example")
         .replace(
             "      annotations:\n",
@@ -110,6 +130,28 @@ fn an_invalid_annotation_exits_2_naming_it_and_the_valid_values() {
             && stderr.contains("valid: enabled, disabled"),
         "{stderr}"
     );
+}
+
+#[test]
+fn every_invalid_annotation_of_the_input_is_named_in_one_run() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  annotations:\n    reprise.dev/inject: enabled\n    reprise.dev/log-level: loud\n    reprise.dev/proxy-port: '0'\nspec:\n  containers: [{name: app, image: app}]\n\
+                 ---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: ok\n  annotations:\n    reprise.dev/inject: enabled\nspec:\n  containers: [{name: app, image: app}]\n\
+                 ---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  annotations:\n    reprise.dev/inject: enabled\n    reprise.dev/memory-limit: 64MB\nspec:\n  containers: [{name: app, image: app}]\n";
+    let out = reprise(&["inject", "-"], Some(input));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is written when any template is invalid"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "stdin: document 1: Pod a: annotation `reprise.dev/log-level`: `loud` is not a value; valid: error, warn, info, debug, trace",
+        "stdin: document 1: Pod a: annotation `reprise.dev/proxy-port`: `0` is not a port; valid: 1 to 65535",
+        "stdin: document 3: Pod b: annotation `reprise.dev/memory-limit`: `64MB` is not a Kubernetes quantity",
+    ] {
+        assert!(stderr.contains(line), "{line:?} in\n{stderr}");
+    }
+    assert!(!stderr.contains("Pod ok"), "{stderr}");
 }
 
 #[test]

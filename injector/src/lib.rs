@@ -3,7 +3,7 @@
 //! run exactly the same code. [`manifest`] applies it to YAML documents of any workload kind.
 //!
 //! The annotations it reads are in [`annotations`]; the container it adds is the one the
-//! hand-written manifests of `k8s/example` had, so those are its golden output.
+//! hand-written manifests of `k8s/example/injected` had, so those are its golden output.
 
 pub mod annotations;
 pub mod manifest;
@@ -89,13 +89,15 @@ pub enum Decision {
     },
 }
 
-/// An annotation whose value cannot be used, or a pod it cannot be applied to.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("annotation `{annotation}`: {problem}; valid: {valid}")]
+/// An annotation whose value cannot be used, or a pod it cannot be applied to. The first problem
+/// is in the fields; `more` holds the pod's other invalid annotations, in the order they are
+/// documented, so a user fixes them all in one round.
+#[derive(Debug, Clone, PartialEq)]
 pub struct InjectError {
     pub annotation: String,
     pub problem: String,
     pub valid: String,
+    pub more: Vec<InjectError>,
 }
 
 impl InjectError {
@@ -109,9 +111,48 @@ impl InjectError {
             annotation: annotation.to_owned(),
             problem: problem.into(),
             valid: valid.into(),
+            more: Vec::new(),
         }
     }
+
+    /// One error for several problems (`None` when there are none).
+    pub(crate) fn all(problems: Vec<InjectError>) -> Option<Self> {
+        let mut flat = Vec::new();
+        for mut p in problems {
+            let more = std::mem::take(&mut p.more);
+            flat.push(p);
+            flat.extend(more);
+        }
+        let mut flat = flat.into_iter();
+        let mut first = flat.next()?;
+        first.more = flat.collect();
+        Some(first)
+    }
+
+    /// Every problem, this one first (the others' `more` is empty).
+    pub fn problems(&self) -> impl Iterator<Item = &InjectError> {
+        std::iter::once(self).chain(&self.more)
+    }
 }
+
+/// `annotation `a`: problem; valid: values`, then `; and annotation `b`: …` for each further one.
+impl std::fmt::Display for InjectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.problems().enumerate() {
+            if i > 0 {
+                f.write_str("; and ")?;
+            }
+            write!(
+                f,
+                "annotation `{}`: {}; valid: {}",
+                p.annotation, p.problem, p.valid
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InjectError {}
 
 /// Decides whether the pod gets the sidecar and, if so, returns it patched.
 ///

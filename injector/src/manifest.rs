@@ -33,8 +33,22 @@ pub enum ManifestError {
     Inject {
         document: usize,
         object: String,
-        source: InjectError,
+        source: Box<InjectError>,
     },
+    /// Every pod template with invalid annotations, each an [`ManifestError::Inject`], so one
+    /// run names them all; a single one is returned as itself.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ManifestError>),
+}
+
+impl ManifestError {
+    /// The errors one by one: an [`ManifestError::Invalid`] opened up, any other as itself.
+    pub fn each(&self) -> Vec<&ManifestError> {
+        match self {
+            ManifestError::Invalid(all) => all.iter().collect(),
+            other => vec![other],
+        }
+    }
 }
 
 /// One document of the input: its separator line (if any) and its text.
@@ -91,13 +105,18 @@ pub fn inject_yaml(text: &str, settings: &Settings) -> Result<Injected, Manifest
     }
     let mut output = String::with_capacity(text.len() * 2);
     let mut notes = Vec::new();
+    let mut invalid = Vec::new();
     for (i, (doc, mut value)) in documents.iter().zip(parsed).enumerate() {
         let context = Context {
             document: i + 1,
             namespaces: &namespaces,
             settings,
         };
-        let changed = patch_object(&mut value, &context, &mut notes)?;
+        let mut report = Report {
+            notes: &mut notes,
+            invalid: &mut invalid,
+        };
+        let changed = patch_object(&mut value, &context, &mut report)?;
         output.push_str(doc.separator);
         if changed {
             let text = serde_yaml::to_string(&value).map_err(|e| ManifestError::Yaml {
@@ -109,7 +128,18 @@ pub fn inject_yaml(text: &str, settings: &Settings) -> Result<Injected, Manifest
             output.push_str(doc.body);
         }
     }
-    Ok(Injected { output, notes })
+    match invalid.len() {
+        0 => Ok(Injected { output, notes }),
+        1 => Err(invalid.remove(0)),
+        _ => Err(ManifestError::Invalid(invalid)),
+    }
+}
+
+/// What happened to each pod template: a note per template, and the invalid ones (the run goes
+/// on after them so that every invalid annotation of the input is named at once).
+struct Report<'a> {
+    notes: &'a mut Vec<String>,
+    invalid: &'a mut Vec<ManifestError>,
 }
 
 struct Context<'a> {
@@ -166,7 +196,7 @@ fn template_path(kind: &str) -> Option<&'static [&'static str]> {
 fn patch_object(
     value: &mut Value,
     context: &Context<'_>,
-    notes: &mut Vec<String>,
+    report: &mut Report<'_>,
 ) -> Result<bool, ManifestError> {
     let Some(kind) = str_at(value, &["kind"]).map(str::to_owned) else {
         return Ok(false);
@@ -175,7 +205,7 @@ fn patch_object(
         let mut changed = false;
         if let Some(items) = value.get_mut("items").and_then(Value::as_sequence_mut) {
             for item in items {
-                changed |= patch_object(item, context, notes)?;
+                changed |= patch_object(item, context, report)?;
             }
         }
         return Ok(changed);
@@ -212,14 +242,18 @@ fn patch_object(
     };
     let spec: PodSpec = serde_yaml::from_value(spec.clone()).map_err(|e| invalid(e.to_string()))?;
     let ns_annotations = namespace.as_ref().and_then(|ns| context.namespaces.get(ns));
-    let decision =
-        inject(&metadata, &spec, ns_annotations, context.settings).map_err(|source| {
-            ManifestError::Inject {
+    let decision = match inject(&metadata, &spec, ns_annotations, context.settings) {
+        Ok(decision) => decision,
+        Err(source) => {
+            report.invalid.push(ManifestError::Inject {
                 document: context.document,
-                object: object.clone(),
-                source,
-            }
-        })?;
+                object,
+                source: Box::new(source),
+            });
+            return Ok(false);
+        }
+    };
+    let notes = &mut *report.notes;
     match decision {
         Decision::Skip { reason } => {
             notes.push(format!("{object}: skipped ({reason})"));

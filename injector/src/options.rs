@@ -40,26 +40,19 @@ const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
 
 impl Options {
+    /// Validates every annotation; the error names all invalid ones, not only the first.
     pub fn parse(metadata: &ObjectMeta, settings: &Settings) -> Result<Options, InjectError> {
         let empty = BTreeMap::new();
         let ann = metadata.annotations.as_ref().unwrap_or(&empty);
         let labels = metadata.labels.as_ref().unwrap_or(&empty);
         let get = |key: &str| ann.get(key).map(|v| v.trim());
+        let mut problems = Problems::default();
 
-        let native_sidecar = match get(a::NATIVE_SIDECAR) {
-            None => settings.native_sidecar,
-            Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(InjectError::new(
-                    a::NATIVE_SIDECAR,
-                    format!("`{other}` is not a value"),
-                    "true, false",
-                ));
-            }
-        };
+        let native_sidecar = problems
+            .check(get(a::NATIVE_SIDECAR).map(|v| boolean(a::NATIVE_SIDECAR, v)))
+            .unwrap_or(settings.native_sidecar);
         let service = match get(a::SERVICE) {
-            Some(s) => Some(dns_label(a::SERVICE, s)?),
+            Some(s) => problems.check(Some(dns_label(a::SERVICE, s))),
             None => labels
                 .get("app.kubernetes.io/name")
                 .or_else(|| labels.get("app"))
@@ -67,67 +60,40 @@ impl Options {
                 .cloned(),
         };
         let config_map = match get(a::CONFIG) {
-            Some(name) => dns_subdomain(a::CONFIG, name)?,
-            None => match &service {
-                Some(s) if dns_subdomain("", &format!("{s}-reprise")).is_ok() => {
-                    format!("{s}-reprise")
-                }
-                _ => settings.config_map.clone(),
-            },
-        };
-        let upstream = get(a::UPSTREAM).map(|u| url(a::UPSTREAM, u)).transpose()?;
-        let target_env = match get(a::TARGET_ENV) {
-            None => Vec::new(),
-            Some(list) => {
-                let mut names = Vec::new();
-                for name in list.split(',').map(str::trim) {
-                    if !is_env_name(name) {
-                        return Err(InjectError::new(
-                            a::TARGET_ENV,
-                            format!("`{name}` is not an environment variable name"),
-                            "names like TARGET_URL, comma-separated",
-                        ));
-                    }
-                    if !names.iter().any(|n| n == name) {
-                        names.push(name.to_owned());
-                    }
-                }
-                names
+            Some(name) => problems.check(Some(dns_subdomain(a::CONFIG, name))),
+            None => None,
+        }
+        .unwrap_or_else(|| match &service {
+            Some(s) if dns_subdomain("", &format!("{s}-reprise")).is_ok() => {
+                format!("{s}-reprise")
             }
-        };
-        let image = match get(a::IMAGE) {
-            None => settings.image.clone(),
-            Some(i) if !i.is_empty() && !i.contains(char::is_whitespace) => i.to_owned(),
-            Some(other) => {
-                return Err(InjectError::new(
-                    a::IMAGE,
-                    format!("`{other}` is not an image reference"),
-                    "an image reference without spaces, e.g. registry/reprise:1.0",
-                ));
-            }
-        };
+            _ => settings.config_map.clone(),
+        });
+        let upstream = problems.check(get(a::UPSTREAM).map(|u| url(a::UPSTREAM, u)));
+        let target_env = problems
+            .check(get(a::TARGET_ENV).map(env_names))
+            .unwrap_or_default();
+        let image = problems
+            .check(get(a::IMAGE).map(image))
+            .unwrap_or_else(|| settings.image.clone());
         let image_pull_policy = match get(a::IMAGE_PULL_POLICY) {
             None => settings.image_pull_policy.clone(),
-            Some(p) => Some(one_of(a::IMAGE_PULL_POLICY, p, PULL_POLICIES)?),
+            Some(p) => problems.check(Some(one_of(a::IMAGE_PULL_POLICY, p, PULL_POLICIES))),
         };
-        let log_level = match get(a::LOG_LEVEL) {
-            None => settings.log_level.clone(),
-            Some(l) => one_of(a::LOG_LEVEL, l, LEVELS)?,
+        let log_level = problems
+            .check(get(a::LOG_LEVEL).map(|l| one_of(a::LOG_LEVEL, l, LEVELS)))
+            .unwrap_or_else(|| settings.log_level.clone());
+        let mut quantity_or = |key: &str, default: &str| {
+            problems
+                .check(get(key).map(|q| quantity(key, q)))
+                .unwrap_or_else(|| default.to_owned())
         };
-        let quantity_or = |key: &str, default: &str| match get(key) {
-            None => Ok(default.to_owned()),
-            Some(q) => quantity(key, q),
-        };
-        let cpu_request = quantity_or(a::CPU_REQUEST, &settings.cpu_request)?;
-        let cpu_limit = quantity_or(a::CPU_LIMIT, &settings.cpu_limit)?;
-        let memory_request = quantity_or(a::MEMORY_REQUEST, &settings.memory_request)?;
-        let memory_limit = quantity_or(a::MEMORY_LIMIT, &settings.memory_limit)?;
-        let proxy_port = get(a::PROXY_PORT)
-            .map(|p| port(a::PROXY_PORT, p))
-            .transpose()?;
-        let admin_port = get(a::ADMIN_PORT)
-            .map(|p| port(a::ADMIN_PORT, p))
-            .transpose()?;
+        let cpu_request = quantity_or(a::CPU_REQUEST, &settings.cpu_request);
+        let cpu_limit = quantity_or(a::CPU_LIMIT, &settings.cpu_limit);
+        let memory_request = quantity_or(a::MEMORY_REQUEST, &settings.memory_request);
+        let memory_limit = quantity_or(a::MEMORY_LIMIT, &settings.memory_limit);
+        let proxy_port = problems.check(get(a::PROXY_PORT).map(|p| port(a::PROXY_PORT, p)));
+        let admin_port = problems.check(get(a::ADMIN_PORT).map(|p| port(a::ADMIN_PORT, p)));
         let (proxy_port_set, admin_port_set) = (proxy_port.is_some(), admin_port.is_some());
         let proxy_port = proxy_port.unwrap_or(settings.proxy_port);
         let admin_port = admin_port.unwrap_or(settings.admin_port);
@@ -137,50 +103,22 @@ impl Options {
             } else {
                 a::PROXY_PORT
             };
-            return Err(InjectError::new(
+            problems.push(InjectError::new(
                 key,
                 format!("port {proxy_port} is both the proxy and the admin port"),
                 "two different ports",
             ));
         }
-        let shutdown = get(a::SHUTDOWN_TIMEOUT)
-            .map(|d| duration(a::SHUTDOWN_TIMEOUT, d))
-            .transpose()?;
+        let shutdown =
+            problems.check(get(a::SHUTDOWN_TIMEOUT).map(|d| duration(a::SHUTDOWN_TIMEOUT, d)));
         let shutdown_timeout = shutdown
             .as_ref()
             .map_or(settings.shutdown_timeout, |(d, _)| *d);
-        let drain_period = match get(a::DRAIN_PERIOD) {
-            None => None,
-            Some(text) => {
-                // The sidecar's rule: zero (no drain) is allowed, and it must end before the
-                // shutdown deadline or streams are never handed off.
-                let d = if text == "0" {
-                    Duration::ZERO
-                } else {
-                    humantime::parse_duration(text).map_err(|_| {
-                        InjectError::new(
-                            a::DRAIN_PERIOD,
-                            format!("`{text}` is not a duration"),
-                            "0 or a duration like 500ms, 2s",
-                        )
-                    })?
-                };
-                if d >= shutdown_timeout {
-                    return Err(InjectError::new(
-                        a::DRAIN_PERIOD,
-                        format!(
-                            "`{text}` is not shorter than the shutdown timeout ({})",
-                            humantime::format_duration(shutdown_timeout)
-                        ),
-                        "a duration shorter than reprise.dev/shutdown-timeout",
-                    ));
-                }
-                Some(text.to_owned())
-            }
-        };
-        let amqp_secret = get(a::AMQP_SECRET)
-            .map(|s| dns_subdomain(a::AMQP_SECRET, s))
-            .transpose()?;
+        let drain_period =
+            problems.check(get(a::DRAIN_PERIOD).map(|text| drain_period(text, shutdown_timeout)));
+        let amqp_secret =
+            problems.check(get(a::AMQP_SECRET).map(|s| dns_subdomain(a::AMQP_SECRET, s)));
+        problems.into_result()?;
         Ok(Options {
             image,
             image_pull_policy,
@@ -204,6 +142,103 @@ impl Options {
             amqp_secret,
         })
     }
+}
+
+/// The problems found so far; a value that fails its check is replaced by its default so the
+/// remaining annotations are still checked.
+#[derive(Default)]
+struct Problems(Vec<InjectError>);
+
+impl Problems {
+    /// `None` when the annotation is absent or invalid (then it is recorded).
+    fn check<T>(&mut self, value: Option<Result<T, InjectError>>) -> Option<T> {
+        match value? {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, e: InjectError) {
+        self.0.push(e);
+    }
+
+    fn into_result(self) -> Result<(), InjectError> {
+        match InjectError::all(self.0) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, InjectError> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(InjectError::new(
+            key,
+            format!("`{other}` is not a value"),
+            "true, false",
+        )),
+    }
+}
+
+fn env_names(list: &str) -> Result<Vec<String>, InjectError> {
+    let mut names: Vec<String> = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        if !is_env_name(name) {
+            return Err(InjectError::new(
+                a::TARGET_ENV,
+                format!("`{name}` is not an environment variable name"),
+                "names like TARGET_URL, comma-separated",
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+fn image(value: &str) -> Result<String, InjectError> {
+    if !value.is_empty() && !value.contains(char::is_whitespace) {
+        Ok(value.to_owned())
+    } else {
+        Err(InjectError::new(
+            a::IMAGE,
+            format!("`{value}` is not an image reference"),
+            "an image reference without spaces, e.g. registry/reprise:1.0",
+        ))
+    }
+}
+
+/// The sidecar's rule: zero (no drain) is allowed, and it must end before the shutdown deadline
+/// or streams are never handed off.
+fn drain_period(text: &str, shutdown_timeout: Duration) -> Result<String, InjectError> {
+    let d = if text == "0" {
+        Duration::ZERO
+    } else {
+        humantime::parse_duration(text).map_err(|_| {
+            InjectError::new(
+                a::DRAIN_PERIOD,
+                format!("`{text}` is not a duration"),
+                "0 or a duration like 500ms, 2s",
+            )
+        })?
+    };
+    if d >= shutdown_timeout {
+        return Err(InjectError::new(
+            a::DRAIN_PERIOD,
+            format!(
+                "`{text}` is not shorter than the shutdown timeout ({})",
+                humantime::format_duration(shutdown_timeout)
+            ),
+            "a duration shorter than reprise.dev/shutdown-timeout",
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 fn one_of(key: &str, value: &str, valid: &[&str]) -> Result<String, InjectError> {

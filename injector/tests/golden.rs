@@ -217,6 +217,7 @@ fn every_invalid_annotation_is_refused_naming_it() {
             .expect_err(&format!("{key}: {value:?} accepted"));
         assert_eq!(err.annotation, key);
         assert!(!err.valid.is_empty(), "{key}");
+        assert!(err.more.is_empty(), "{key}: {err}");
         report.push_str(&format!("{key}={value:?}\n  {err}\n"));
     }
 
@@ -289,6 +290,28 @@ fn every_invalid_annotation_is_refused_naming_it() {
     let err =
         inject(&metadata, &spec, Some(&ns), &Settings::default()).expect_err("namespace `on`");
     report.push_str(&format!("namespace {}=\"on\"\n  {err}\n", a::INJECT));
+
+    // Several at once: every one is named, in the documented order, the valid ones are not.
+    let several = [
+        (a::NATIVE_SIDECAR, "maybe"),
+        (a::LOG_LEVEL, "verbose"),
+        (a::IMAGE, "reprise:1.0"),
+        (a::ADMIN_PORT, "70000"),
+        (a::DRAIN_PERIOD, "soon"),
+    ];
+    let (metadata, spec) = pod(&several, vec![app(&[])]);
+    let err = inject(&metadata, &spec, None, &Settings::default()).expect_err("four invalid");
+    let named: Vec<&str> = err.problems().map(|p| p.annotation.as_str()).collect();
+    assert_eq!(
+        named,
+        [
+            a::NATIVE_SIDECAR,
+            a::LOG_LEVEL,
+            a::ADMIN_PORT,
+            a::DRAIN_PERIOD
+        ]
+    );
+    report.push_str(&format!("several at once\n  {err}\n"));
 
     check_golden(&golden_dir().join("errors.txt"), &report);
 }

@@ -149,6 +149,24 @@ async fn an_invalid_annotation_is_denied_naming_it() -> anyhow::Result<()> {
         metrics.contains("reprise_injector_pods_denied_total{reason=\"reprise.dev/inject\"} 1"),
         "{metrics}"
     );
+
+    // Several invalid annotations: one denial that names each, so one edit fixes them all.
+    let sent = review(
+        "u-3",
+        serde_json::json!({
+            "reprise.dev/inject": "enabled",
+            "reprise.dev/log-level": "loud",
+            "reprise.dev/memory-limit": "64MB",
+        }),
+    );
+    let (status, body) = client.post("/inject", serde_json::to_vec(&sent)?).await?;
+    assert_eq!(status, 200);
+    let answer = response(&body)?;
+    assert_eq!(answer["allowed"], false);
+    let message = answer["status"]["message"].as_str().unwrap_or_default();
+    for named in ["reprise.dev/log-level", "reprise.dev/memory-limit"] {
+        assert!(message.contains(named), "{named} in {answer}");
+    }
     Ok(())
 }
 

@@ -356,7 +356,12 @@ fn example_sidecar_config_is_valid_and_matches_its_deployments() {
         humantime::parse_duration(str_at(&sidecar["shutdown_timeout"], "shutdown_timeout"))
             .expect("shutdown_timeout is a duration");
     let metrics_port = port_of(str_at(&sidecar["metrics_listen"], "metrics_listen"));
-    for file in ["users-client.yaml", "users-client-native-sidecar.yaml"] {
+    // The pods as the injector makes them (k8s/example/injected; cli/tests/inject.rs holds the
+    // injector to these files).
+    for file in [
+        "injected/users-client.yaml",
+        "injected/users-client-native-sidecar.yaml",
+    ] {
         let deployment = single(&dir.join(file), "Deployment");
         let template = &deployment["spec"]["template"];
         let pod = &template["spec"];
