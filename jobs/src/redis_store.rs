@@ -250,6 +250,14 @@ impl RedisStore {
             .map_err(StoreError::redis("claim"))
     }
 
+    /// Checks `url` as [`RedisStore::connect`] will parse it, without any I/O. The error is the
+    /// client's problem with it (which never quotes the URL: print it through [`redact_url`]).
+    pub fn check_url(url: &str) -> Result<(), String> {
+        redis::Client::open(url)
+            .map(drop)
+            .map_err(|source| source.to_string().replace(url, &redact_url(url)))
+    }
+
     /// Connects to `url` and checks that Redis answers, so a wrong URL fails at start-up.
     /// Keys are named under `prefix` (see [`Keys`]).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {

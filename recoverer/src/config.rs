@@ -73,6 +73,11 @@ impl Config {
                 "key `redis_url`: {:?} is not valid; valid schemes: redis, rediss",
                 redact_url(&redis_url)
             ));
+        } else if let Err(problem) = reprise_jobs::RedisStore::check_url(&redis_url) {
+            errors.push(format!(
+                "key `redis_url`: {:?} is not usable: {problem}; valid: redis://[USER:PASS@]HOST:PORT[/DB]",
+                redact_url(&redis_url)
+            ));
         }
         let amqp_url = text_of("amqp_url").filter(|u| !u.is_empty());
         if let Some(u) = &amqp_url
@@ -80,6 +85,14 @@ impl Config {
         {
             errors.push(format!(
                 "key `amqp_url`: {:?} is not valid; valid scheme: amqp",
+                redact_url(u)
+            ));
+        } else if let Some(u) = &amqp_url
+            && let Err(reprise_jobs::BusError::InvalidUrl { problem, .. }) =
+                reprise_jobs::BusConfig::check_url(u)
+        {
+            errors.push(format!(
+                "key `amqp_url`: {:?} is not usable: {problem}; valid: amqp://USER:PASS@HOST:5672/VHOST",
                 redact_url(u)
             ));
         }
@@ -211,5 +224,19 @@ mod tests {
         ] {
             assert!(errors.contains(needle), "{needle:?} in {errors}");
         }
+    }
+
+    #[test]
+    fn urls_the_clients_cannot_parse_are_configuration_errors() {
+        let errors = Config::parse(
+            "redis_url: redis://:s3cret@h:99999\namqp_url: amqp://u:s3cret@h:nope/%2f\n",
+            &BTreeMap::new(),
+        )
+        .expect_err("invalid")
+        .join("\n");
+        assert!(errors.contains("key `redis_url`"), "{errors}");
+        assert!(errors.contains("key `amqp_url`"), "{errors}");
+        assert!(errors.contains("invalid port number"), "{errors}");
+        assert!(!errors.contains("s3cret"), "{errors}");
     }
 }

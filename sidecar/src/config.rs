@@ -257,7 +257,25 @@ impl Config {
         let upstream = p.upstream();
         let descriptors = p.descriptors();
         let redis_url = p.opt_url("redis_url", &["redis", "rediss", "redis+unix", "unix"]);
-        let amqp_url = p.opt_url("amqp_url", &["amqp"]);
+        let redis_url = p.checked(
+            "redis_url",
+            redis_url,
+            reprise_jobs::RedisStore::check_url,
+            "redis://[USER:PASS@]HOST:PORT[/DB], rediss://…, redis+unix:///PATH",
+        );
+        // `amqps` is named so that its own error (no TLS in this build) says why.
+        let amqp_url = p.opt_url("amqp_url", &["amqp", "amqps"]);
+        let amqp_url = p.checked(
+            "amqp_url",
+            amqp_url,
+            |u| {
+                reprise_jobs::BusConfig::check_url(u).map_err(|e| match e {
+                    reprise_jobs::BusError::InvalidUrl { problem, .. } => problem,
+                    other => other.to_string(),
+                })
+            },
+            "amqp://USER:PASS@HOST:5672/VHOST",
+        );
         let resume_sink = p
             .opt_url("resume_sink", &["http"])
             .and_then(|u| u.parse::<http::Uri>().ok());
@@ -448,6 +466,28 @@ impl Parser<'_> {
             return None;
         }
         Some(s)
+    }
+
+    /// `url` (already of a valid scheme) as the client that will use it parses it, without I/O:
+    /// a URL only that client refuses is a configuration error, caught by `--check` too.
+    fn checked(
+        &mut self,
+        key: &str,
+        url: Option<String>,
+        check: impl Fn(&str) -> Result<(), String>,
+        valid: &str,
+    ) -> Option<String> {
+        let url = url?;
+        match check(&url) {
+            Ok(()) => Some(url),
+            Err(problem) => {
+                self.errors.push(format!(
+                    "key `{key}`: {:?} is not usable: {problem}; valid: {valid}",
+                    redact(&url)
+                ));
+                None
+            }
+        }
     }
 
     fn addr(&mut self, key: &str, default: &str) -> SocketAddr {

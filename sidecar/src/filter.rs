@@ -5,10 +5,9 @@
 //! forwarded and the message count) across attempts. It forwards bytes as slices of the
 //! upstream's chunks, without copying, and counts every message it does not forward.
 
-use std::{collections::VecDeque, io::Read as _};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
-use flate2::read::GzDecoder;
 use http_body::Frame;
 use prometheus_client::metrics::counter::Counter;
 
@@ -35,12 +34,37 @@ impl Chunk {
     }
 }
 
+/// Why the job's upstream messages cannot be forwarded: the job fails and the app's call ends
+/// with `code` (`RESOURCE_EXHAUSTED` for a message over `max_message_bytes`, as gRPC libraries
+/// answer one; `INTERNAL` for a message the sidecar cannot read).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unusable {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, grpc::code::name(self.code))
+    }
+}
+
+impl Unusable {
+    fn internal(message: String) -> Self {
+        Unusable {
+            code: grpc::code::INTERNAL,
+            message,
+        }
+    }
+}
+
 struct Counters {
     forwarded: Counter,
     duplicate: Counter,
     out_of_order: Counter,
     malformed: Counter,
     missing_offset: Counter,
+    oversized: Counter,
 }
 
 impl Counters {
@@ -64,6 +88,7 @@ impl Counters {
             out_of_order: reason("out_of_order"),
             malformed: reason("malformed"),
             missing_offset: reason("missing_offset"),
+            oversized: reason("oversized"),
         }
     }
 }
@@ -146,7 +171,7 @@ impl Filter {
         mut data: Bytes,
         deframer: &mut Deframer,
         out: &mut VecDeque<Chunk>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Unusable> {
         let before = self.messages;
         let max = deframer.max();
         // A message cut at the end of the last frame, completed by copying its missing bytes;
@@ -180,7 +205,7 @@ impl Filter {
         buf: &Bytes,
         max: usize,
         out: &mut VecDeque<Chunk>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, Unusable> {
         let bytes: &[u8] = buf;
         let mut pos = 0;
         let mut run_start = 0;
@@ -202,7 +227,7 @@ impl Filter {
             if header[0] == 1 {
                 // Rare: decompress, then compare against an owned `last`.
                 self.settle(&mut pending, buf);
-                let (framed, offset) = match self.gunzip(payload) {
+                let (framed, offset) = match self.gunzip(payload, max) {
                     Ok(framed) => match self.offset_in(&framed[5..]) {
                         Ok(found) => {
                             let offset = found.shifted(5).to_offset(&framed);
@@ -260,11 +285,18 @@ impl Filter {
         result.map(|()| pos)
     }
 
-    /// A message whose frame header is bad; counted.
+    /// A message whose frame header is bad, or says it is over `max_message_bytes`; counted.
     #[cold]
-    fn unreadable(&self, e: grpc::FrameError) -> String {
+    fn unreadable(&self, e: grpc::FrameError) -> Unusable {
+        if let grpc::FrameError::TooLarge { .. } = e {
+            self.counters.oversized.inc();
+            return Unusable {
+                code: grpc::code::RESOURCE_EXHAUSTED,
+                message: format!("upstream message {}: {e}", self.messages + 1),
+            };
+        }
         self.counters.malformed.inc();
-        format!("upstream sent an unreadable message: {e}")
+        Unusable::internal(format!("upstream sent an unreadable message: {e}"))
     }
 
     /// Makes the last kept message's offset, if it is only a place in `buf`, `self.last`.
@@ -276,7 +308,7 @@ impl Filter {
 
     /// The offset of one message's payload; a message without one, or unreadable, fails the job.
     #[inline]
-    fn offset_in(&self, payload: &[u8]) -> Result<Found, String> {
+    fn offset_in(&self, payload: &[u8]) -> Result<Found, Unusable> {
         match offset::find(payload, &self.path) {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(self.no_offset(None)),
@@ -286,8 +318,8 @@ impl Filter {
 
     /// Why a message has no usable offset, counted; off the per-message path.
     #[cold]
-    fn no_offset(&self, error: Option<offset::WireError>) -> String {
-        match error {
+    fn no_offset(&self, error: Option<offset::WireError>) -> Unusable {
+        Unusable::internal(match error {
             None => {
                 self.counters.missing_offset.inc();
                 format!(
@@ -300,21 +332,36 @@ impl Filter {
                 self.counters.malformed.inc();
                 format!("upstream message {} is unreadable: {e}", self.messages + 1)
             }
-        }
+        })
     }
 
-    /// A compressed message's payload, decompressed and framed again (uncompressed).
-    fn gunzip(&self, payload: &[u8]) -> Result<Bytes, String> {
+    /// A compressed message's payload, decompressed (at most `max` bytes) and framed again
+    /// (uncompressed).
+    #[cold]
+    fn gunzip(&self, payload: &[u8], max: usize) -> Result<Bytes, Unusable> {
         if !self.gzip {
             self.counters.malformed.inc();
-            return Err("upstream sent a compressed message without grpc-encoding: gzip".into());
+            return Err(Unusable::internal(
+                "upstream sent a compressed message without grpc-encoding: gzip".into(),
+            ));
         }
-        let mut plain = Vec::new();
-        if let Err(e) = GzDecoder::new(payload).read_to_end(&mut plain) {
-            self.counters.malformed.inc();
-            return Err(format!("cannot gunzip an upstream message: {e}"));
+        match grpc::gunzip(payload, max) {
+            Ok(plain) => Ok(grpc::frame(&plain)),
+            Err(e @ grpc::GunzipError::TooLarge { .. }) => {
+                self.counters.oversized.inc();
+                Err(Unusable {
+                    code: grpc::code::RESOURCE_EXHAUSTED,
+                    message: format!("upstream message {}: {e}", self.messages + 1),
+                })
+            }
+            Err(e) => {
+                self.counters.malformed.inc();
+                Err(Unusable::internal(format!(
+                    "cannot gunzip upstream message {}: {e}",
+                    self.messages + 1
+                )))
+            }
         }
-        Ok(grpc::frame(&plain))
     }
 
     /// Counts (and logs) a message at or below the last forwarded offset.
@@ -395,7 +442,7 @@ mod tests {
         let mut error = None;
         for frame in bytes.chunks(size) {
             if let Err(e) = f.push(Bytes::copy_from_slice(frame), &mut deframer, &mut out) {
-                error = Some(e);
+                error = Some(e.message);
                 break;
             }
         }
@@ -525,5 +572,79 @@ mod tests {
         let mut f = filter(&m, None);
         let (_, error) = run(&mut f, &huge, 3);
         assert!(error.expect("fails").contains("exceeds max_message_bytes"));
+    }
+
+    /// One message gzip-compressed as a gRPC frame with the compressed flag.
+    fn gzipped(plain: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(plain).expect("gzip into memory");
+        let body = gz.finish().expect("gzip into memory");
+        let mut out = vec![1];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn a_compressed_message_is_forwarded_decompressed() {
+        let m = Metrics::default();
+        let mut f = filter(&m, None);
+        f.start_attempt(true);
+        let mut bytes = gzipped(&message(Some(1))[5..]);
+        bytes.extend(message(Some(2)));
+        let (forwarded, error) = run(&mut f, &bytes, 4096);
+        assert_eq!(error, None);
+        assert_eq!(forwarded, stream(&[Some(1), Some(2)]));
+    }
+
+    #[test]
+    fn a_compressed_message_over_max_message_bytes_is_refused_not_inflated() {
+        // ~16 MiB of one repeated byte gzips to ~16 KiB: under a 64 KiB limit compressed, far
+        // over it decompressed. The gunzip stops at the limit (max + 1 bytes) instead.
+        let mut plain = message(Some(2))[5..].to_vec();
+        plain.extend(std::iter::repeat_n(0u8, 16 << 20));
+        let bomb = gzipped(&plain);
+        let max = 64 << 10;
+        assert!(bomb.len() < max, "{} bytes compressed", bomb.len());
+
+        let m = Metrics::default();
+        let mut f = filter(&m, None);
+        f.start_attempt(true);
+        let mut bytes = message(Some(1));
+        bytes.extend(&bomb);
+        let mut deframer = Deframer::new(max);
+        let mut out = VecDeque::new();
+        let error = f
+            .push(Bytes::from(bytes), &mut deframer, &mut out)
+            .expect_err("a message over max_message_bytes once decompressed");
+        assert_eq!(error.code, grpc::code::RESOURCE_EXHAUSTED, "{error:?}");
+        assert!(
+            error
+                .message
+                .contains("upstream message 2: decompressed, it exceeds max_message_bytes (65536)"),
+            "{error:?}"
+        );
+        assert_eq!(dropped(&m, "oversized"), 1);
+        assert_eq!(dropped(&m, "malformed"), 0);
+        // The message before it still reaches the app.
+        let forwarded: Vec<u8> = out
+            .into_iter()
+            .flat_map(|c| c.frame.into_data().map(|d| d.to_vec()).unwrap_or_default())
+            .collect();
+        assert_eq!(forwarded, message(Some(1)));
+    }
+
+    #[test]
+    fn an_uncompressed_message_over_max_message_bytes_is_counted_oversized() {
+        let m = Metrics::default();
+        let mut f = filter(&m, None);
+        let mut deframer = Deframer::new(8);
+        let mut out = VecDeque::new();
+        let error = f
+            .push(Bytes::from(message(Some(100))), &mut deframer, &mut out)
+            .expect_err("over 8 bytes");
+        assert_eq!(error.code, grpc::code::RESOURCE_EXHAUSTED, "{error:?}");
+        assert_eq!(dropped(&m, "oversized"), 1);
     }
 }

@@ -192,6 +192,31 @@ pub fn frame(msg: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Why a compressed message could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GunzipError {
+    #[error("decompressed, it exceeds max_message_bytes ({max})")]
+    TooLarge { max: usize },
+    #[error("not gzip: {0}")]
+    Corrupt(std::io::Error),
+}
+
+/// Decompresses one gzip message, producing at most `max` bytes: a compressed message of a few
+/// KiB can expand a thousandfold, so the output is cut at `max + 1` bytes and refused, never
+/// held whole. The one gunzip of the sidecar (requests and upstream messages alike).
+pub fn gunzip(compressed: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
+    use std::io::Read as _;
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .take(max as u64 + 1)
+        .read_to_end(&mut plain)
+        .map_err(GunzipError::Corrupt)?;
+    if plain.len() > max {
+        return Err(GunzipError::TooLarge { max });
+    }
+    Ok(plain)
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("message of {len} bytes exceeds max_message_bytes ({max})")]
@@ -346,6 +371,23 @@ impl Iterator for Messages {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn gunzip_is_bounded_by_max() {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&[7u8; 1000]).expect("gzip into memory");
+        let compressed = gz.finish().expect("gzip into memory");
+        assert_eq!(gunzip(&compressed, 1000).expect("fits").len(), 1000);
+        assert!(matches!(
+            gunzip(&compressed, 999),
+            Err(GunzipError::TooLarge { max: 999 })
+        ));
+        assert!(matches!(
+            gunzip(b"not gzip", 1000),
+            Err(GunzipError::Corrupt(_))
+        ));
+    }
     use super::*;
 
     #[test]

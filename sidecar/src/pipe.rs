@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     checkpoint::Slot,
-    filter::{Chunk, Filter},
+    filter::{Chunk, Filter, Unusable},
     grpc::{BoxError, Deframer},
     offset::Offset,
     proxy::error_chain,
@@ -41,8 +41,8 @@ pub(crate) enum End {
     Trailers(HeaderMap),
     /// The stream broke without a status.
     Broken { cause: &'static str, error: String },
-    /// A message the sidecar cannot read: the job fails.
-    Failed(String),
+    /// A message the sidecar cannot read or hold: the job fails.
+    Failed(Unusable),
     /// Another owner holds the job now.
     Fenced,
 }

@@ -106,6 +106,54 @@ fn bad_configs_exit_2_naming_the_key_and_the_choices() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("key `shutdown_timeout`"));
 }
 
+/// Every key is checked before any I/O, as linkerd2-proxy loads its configuration "without
+/// binding ports": a broker URL that cannot be parsed exits 2 under `--check` too, and a real
+/// start exits 2 before it has written anything to Redis (no instance registered, no key).
+#[test]
+fn a_bad_amqp_url_exits_2_before_any_io_and_under_check() {
+    let w = World::new();
+    let base = w.config(true, "");
+    for (url, problem) in [
+        ("amqp://guest:guest@127.0.0.1:notaport/%2f", "port"),
+        ("amqps://guest:guest@127.0.0.1:5671/%2f", "TLS"),
+    ] {
+        let config = format!("{base}amqp_url: {url}\n");
+        for extra in [&["--check"][..], &[]] {
+            let (code, text) = run(&w, &config, extra);
+            assert_eq!(code, 2, "{url} {extra:?}: {text}");
+            assert!(text.contains("key `amqp_url`"), "{url} {extra:?}: {text}");
+            assert!(text.contains(problem), "{url} {extra:?}: {text}");
+            assert!(
+                !text.contains("guest:guest"),
+                "the password is masked: {text}"
+            );
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", w.prefix))
+                .query(&mut w.redis())
+                .expect("KEYS");
+            assert!(
+                keys.is_empty(),
+                "{url} {extra:?}: Redis was written: {keys:?}"
+            );
+        }
+    }
+}
+
+/// A Redis URL the client cannot parse is a configuration error too, not a start-up failure.
+#[test]
+fn a_bad_redis_url_exits_2_under_check() {
+    let w = World::new();
+    let base = w.config(false, "");
+    let (code, text) = run(
+        &w,
+        &format!("{base}redis_url: redis://:pw@127.0.0.1:99999/0\n"),
+        &["--check"],
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("key `redis_url`"), "{text}");
+    assert!(!text.contains(":pw@"), "the password is masked: {text}");
+}
+
 #[test]
 fn check_validates_and_exits_0_without_serving() {
     let w = World::new();

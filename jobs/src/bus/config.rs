@@ -26,6 +26,12 @@ pub struct BusConfig {
 }
 
 impl BusConfig {
+    /// Checks `url` as [`EventBus::start`](crate::EventBus::start) will parse it, without any
+    /// I/O, so a binary can refuse a bad URL while it validates its configuration.
+    pub fn check_url(url: &str) -> Result<(), super::BusError> {
+        super::shared::parse_url(url).map(drop)
+    }
+
     pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         Self {

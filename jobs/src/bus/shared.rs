@@ -51,20 +51,7 @@ impl Shared {
         config: BusConfig,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<u64>), BusError> {
         let url = redact_url(&config.url);
-        let mut uri: AMQPUri =
-            config
-                .url
-                .parse()
-                .map_err(|problem: String| BusError::InvalidUrl {
-                    url: url.clone(),
-                    problem: problem.replace(&config.url, &url),
-                })?;
-        if uri.scheme == AMQPScheme::AMQPS {
-            return Err(BusError::InvalidUrl {
-                url,
-                problem: "amqps:// needs TLS support, which this build leaves out".to_owned(),
-            });
-        }
+        let mut uri = parse_url(&config.url)?;
         let auth = credentials::take_password(&mut uri);
         let (lost, lost_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Self {
@@ -209,4 +196,23 @@ pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `url` parsed as the bus will use it, without any I/O: what [`BusConfig::check_url`] and
+/// [`Shared::new`] both run, so configuration checks and start-up cannot disagree.
+pub(super) fn parse_url(raw: &str) -> Result<AMQPUri, BusError> {
+    let url = redact_url(raw);
+    let uri: AMQPUri = raw
+        .parse()
+        .map_err(|problem: String| BusError::InvalidUrl {
+            url: url.clone(),
+            problem: problem.replace(raw, &url),
+        })?;
+    if uri.scheme == AMQPScheme::AMQPS {
+        return Err(BusError::InvalidUrl {
+            url,
+            problem: "amqps:// needs TLS support, which this build leaves out".to_owned(),
+        });
+    }
+    Ok(uri)
 }

@@ -7,15 +7,11 @@
 //! with backoff and sends the original request again with the resume field set. The app sees
 //! one stream; it sees a status only when the call really ends.
 
-use std::{
-    collections::HashMap,
-    io::Read as _,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+mod active;
+
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use flate2::read::GzDecoder;
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -24,6 +20,7 @@ use tokio::{sync::oneshot, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
+use self::active::{ActiveGuard, ActiveJob, ActiveJobs, Counted};
 use crate::{
     admin::{MethodLabels, Metrics, ReasonLabels},
     checkpoint::{Checkpointer, SlotGuard},
@@ -63,15 +60,8 @@ pub struct StreamCtx {
     pub draining: CancellationToken,
     pub events: Arc<Events>,
     pub tracker: TaskTracker,
-    active: Mutex<HashMap<String, ActiveJob>>,
-}
-
-/// A job a task of this process is serving right now.
-#[derive(Clone)]
-struct ActiveJob {
-    /// Cancelled when the app's response body is dropped.
-    app_gone: CancellationToken,
-    done: CancellationToken,
+    /// The jobs this process's tasks serve right now (see [`active`]).
+    active: Arc<ActiveJobs>,
 }
 
 impl StreamCtx {
@@ -104,12 +94,8 @@ impl StreamCtx {
             draining,
             events,
             tracker,
-            active: Mutex::new(HashMap::new()),
+            active: Arc::default(),
         }
-    }
-
-    fn active(&self, job_id: &str) -> Option<ActiveJob> {
-        self.active.lock().ok()?.get(job_id).cloned()
     }
 }
 
@@ -167,7 +153,9 @@ pub(crate) struct Task {
     app_gone: CancellationToken,
     /// Registered with the checkpointer while the job is ours and running.
     slot: Option<SlotGuard>,
-    done: CancellationToken,
+    /// This task's entry among the active jobs; dropped (on every exit, a panic included) it
+    /// lets the next identical request in.
+    active: ActiveGuard,
     /// Deliver mode: what the app's ResumeSink acknowledged (checkpoints follow it).
     ack: Option<Arc<AckState>>,
     /// Cancelled when the app's connection closes: tells an app that died (its connection
@@ -219,8 +207,10 @@ enum Outcome {
     DeadlineExceeded,
     AppGone,
     Shutdown,
-    /// The sidecar cannot go on (a message it cannot read): job `failed`.
+    /// The sidecar cannot go on (a message it cannot read, or too large): job `failed`, the
+    /// app's call ends with `code`.
     Failed {
+        code: i32,
         error: String,
     },
     /// Another owner holds the job now: stop without writing anything.
@@ -291,7 +281,7 @@ impl Task {
         let mut job_id = base_id.clone();
         let mut waited_for_lease = false;
         let (backend, fence, stored) = loop {
-            if let Some(active) = ctx.active(&job_id) {
+            if let Some(active) = ctx.active.get(&job_id) {
                 if active.app_gone.is_cancelled() || active.done.is_cancelled() {
                     // Its app went away (crashed, restarted): let that task write `interrupted`
                     // first, then take the job over from its offset.
@@ -412,17 +402,14 @@ impl Task {
         } = claimed;
         let job_id = job.job_id.clone();
         let (head_tx, head_rx) = oneshot::channel();
-        let done = CancellationToken::new();
         let app_gone = CancellationToken::new();
-        if let Ok(mut active) = ctx.active.lock() {
-            active.insert(
-                job_id.clone(),
-                ActiveJob {
-                    app_gone: app_gone.clone(),
-                    done: done.clone(),
-                },
-            );
-        }
+        let active = ctx.active.begin(
+            &job_id,
+            ActiveJob {
+                app_gone: app_gone.clone(),
+                done: CancellationToken::new(),
+            },
+        );
         let slot = ctx
             .checkpointer
             .register(job, fence, backend, last.clone(), messages);
@@ -456,7 +443,7 @@ impl Task {
                 pipe,
                 app_gone,
                 slot: Some(slot),
-                done,
+                active,
                 ack,
                 app_connection: None,
             },
@@ -471,15 +458,15 @@ impl Task {
     }
 
     async fn run(mut self) {
-        let active = self
-            .ctx
-            .metrics
-            .streams_active
-            .get_or_create(&MethodLabels {
-                method: self.method.name.clone(),
-            })
-            .clone();
-        active.inc();
+        let _active = Counted::inc(
+            self.ctx
+                .metrics
+                .streams_active
+                .get_or_create(&MethodLabels {
+                    method: self.method.name.clone(),
+                })
+                .clone(),
+        );
         let outcome = match self.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, self.attempts())
                 .await
@@ -487,7 +474,6 @@ impl Task {
             None => self.attempts().await,
         };
         self.finish(outcome).await;
-        active.dec();
     }
 
     async fn attempts(&mut self) -> Outcome {
@@ -569,7 +555,12 @@ impl Task {
         let message = match &self.pipe.position().0 {
             Some(o) => match request::with_resume(&self.method.resume_path, &self.original, o) {
                 Ok(b) => b,
-                Err(error) => return Step::Done(Outcome::Failed { error }),
+                Err(error) => {
+                    return Step::Done(Outcome::Failed {
+                        code: code::INTERNAL,
+                        error,
+                    });
+                }
             },
             None => self.original.clone(),
         };
@@ -666,7 +657,10 @@ impl Task {
                 error,
                 progressed,
             },
-            Some(Some(End::Failed(error))) => Step::Done(Outcome::Failed { error }),
+            Some(Some(End::Failed(unusable))) => Step::Done(Outcome::Failed {
+                code: unusable.code,
+                error: unusable.message,
+            }),
             Some(Some(End::Fenced)) => Step::Done(Outcome::Fenced),
         }
     }
@@ -809,11 +803,11 @@ impl Task {
             Outcome::UpstreamStatus { error, trailers } => {
                 (Some(JobStatus::Failed), Some(trailers), Some(error))
             }
-            Outcome::Failed { error } => {
+            Outcome::Failed { code, error } => {
                 let message = format!("reprise: job {}: {error}", self.job_id);
                 (
                     Some(JobStatus::Failed),
-                    Some(grpc::status_trailers(code::INTERNAL, &message)),
+                    Some(grpc::status_trailers(code, &message)),
                     Some(error),
                 )
             }
@@ -951,9 +945,8 @@ impl Task {
             self.reply(trailers);
         }
         let Task {
-            ctx,
             job_id,
-            done,
+            active,
             pipe,
             ..
         } = self;
@@ -967,10 +960,7 @@ impl Task {
             error = level_error,
             "stream ended"
         );
-        if let Ok(mut active) = ctx.active.lock() {
-            active.remove(&job_id);
-        }
-        done.cancel();
+        drop(active);
     }
 
     /// Sends the final status: as trailers after the messages, or as a trailers-only reply if
@@ -1073,25 +1063,17 @@ async fn read_request(headers: &HeaderMap, body: Incoming, max: usize) -> Result
         return Ok(message);
     }
     match headers.get("grpc-encoding").map(HeaderValue::as_bytes) {
-        Some(b"gzip") => {
-            let mut plain = Vec::new();
-            GzDecoder::new(message.as_ref())
-                .take(max as u64 + 1)
-                .read_to_end(&mut plain)
-                .map_err(|e| {
-                    reject(
-                        code::INVALID_ARGUMENT,
-                        format!("reprise: cannot gunzip the request: {e}"),
-                    )
-                })?;
-            if plain.len() > max {
-                return Err(reject(
-                    code::INVALID_ARGUMENT,
-                    format!("reprise: request exceeds max_message_bytes ({max})"),
-                ));
-            }
-            Ok(plain.into())
-        }
+        Some(b"gzip") => match grpc::gunzip(&message, max) {
+            Ok(plain) => Ok(plain.into()),
+            Err(grpc::GunzipError::TooLarge { .. }) => Err(reject(
+                code::INVALID_ARGUMENT,
+                format!("reprise: request exceeds max_message_bytes ({max})"),
+            )),
+            Err(e @ grpc::GunzipError::Corrupt(_)) => Err(reject(
+                code::INVALID_ARGUMENT,
+                format!("reprise: cannot gunzip the request: {e}"),
+            )),
+        },
         // The gRPC spec: a compressed message without an encoding is a protocol error.
         None | Some(b"identity") => Err(reject(
             code::INTERNAL,
