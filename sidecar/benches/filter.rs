@@ -15,9 +15,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use reprise_proto::demo::v1::{Cursor, Event};
 use reprise_sidecar::{
-    admin::Metrics,
     filter::{Chunk, Filter},
     grpc::Deframer,
+    metrics::Metrics,
     offset::{self, LeafKind, OffsetPath, Presence, Step},
 };
 

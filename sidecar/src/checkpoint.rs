@@ -18,7 +18,7 @@ use reprise_jobs::{Checkpoint, NewJob, Restore, Write};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::Metrics,
+    metrics::Metrics,
     offset::Offset,
     store::{Backend, Store},
 };

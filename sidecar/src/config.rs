@@ -44,6 +44,8 @@ pub const KEYS: &[&str] = &[
 pub const DEFAULT_MAX_METADATA_BYTES: usize = 1024 * 1024;
 pub const MIN_METADATA_BYTES: usize = 16 * 1024;
 pub const MAX_METADATA_BYTES: usize = 16 * 1024 * 1024;
+/// The most upstream connections a sidecar may keep (`upstream_connections`).
+pub const MAX_UPSTREAM_CONNECTIONS: usize = 64;
 
 const STREAM_KEYS: &[&str] = &[
     "method",
@@ -313,11 +315,7 @@ impl Config {
         // with its app, and one thread saves the cross-thread wake-ups of a work-stealing
         // runtime (see docs/benchmarks.md).
         let worker_threads = p.positive("worker_threads", 1, "threads");
-        let upstream_connections = p.count(
-            "upstream_connections",
-            1,
-            crate::proxy::MAX_UPSTREAM_CONNECTIONS,
-        );
+        let upstream_connections = p.count("upstream_connections", 1, MAX_UPSTREAM_CONNECTIONS);
         let log_format = match p.choice("log_format", &["text", "json"], "text").as_str() {
             "json" => LogFormat::Json,
             _ => LogFormat::Text,

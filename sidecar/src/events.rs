@@ -1,24 +1,18 @@
 //! Handoff events on RabbitMQ: what a stream tells the other pods of its service when it is
-//! interrupted, and the consumer through which a `resume: deliver` sidecar takes jobs over.
+//! interrupted or completed, and the queue through which a `resume: deliver` sidecar takes jobs
+//! over (its consume loop is [`crate::handoff::consumer`]).
 //!
 //! Redis is the truth; events only make takeovers fast. An event the broker cannot take goes to
 //! the Redis outbox and is published once the broker is back. Without `amqp_url` nothing is
 //! published and nothing is consumed.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Mutex, time::Duration};
 
-use http::Uri;
 use reprise_jobs::{
-    BusConfig, ConsumerCanceller, Event, EventBus, EventKind, Outbox, Owner, Publisher, RedisStore,
-    Sent,
+    BusConfig, BusError, Consumer, ConsumerCanceller, Event, EventBus, EventKind, Outbox, Owner,
+    Publisher, RedisStore, Sent, redact_url as redact,
 };
 use tokio_util::sync::CancellationToken;
-
-use crate::{config::redact, deliver, descriptors::ResumableMethod, stream::StreamCtx};
 
 /// The job fields an event carries.
 pub struct JobEvent<'a> {
@@ -155,75 +149,19 @@ impl Events {
         }
     }
 
-    /// Takes handed-off jobs of `deliver` methods from the service's queue and delivers them to
-    /// the app's ResumeSink, until `cancel` (shutdown step 2).
-    pub async fn consume(
-        self: Arc<Self>,
-        ctx: Arc<StreamCtx>,
-        methods: HashMap<String, Arc<ResumableMethod>>,
-        sink: Uri,
-        cancel: CancellationToken,
-    ) {
-        let Some((bus, _)) = &self.bus else {
-            return;
-        };
-        let mut consumer = loop {
-            match bus.consume(&self.service, 4).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "handoff consumer not started yet; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        };
-        if let Ok(mut c) = self.canceller.lock() {
-            *c = Some(consumer.canceller());
+    /// Starts consuming the service's resume queue with `prefetch` unacknowledged events
+    /// (`None` without a broker). Shutdown step 2 ([`Events::cancel_consumer`]) cancels it.
+    pub async fn consume_queue(&self, prefetch: u16) -> Option<Result<Consumer, BusError>> {
+        let (bus, _) = self.bus.as_ref()?;
+        let consumer = bus.consume(&self.service, prefetch).await;
+        if let (Ok(c), Ok(mut canceller)) = (&consumer, self.canceller.lock()) {
+            *canceller = Some(c.canceller());
         }
-        tracing::info!(service = %self.service, "taking handoffs for resume: deliver methods");
-        loop {
-            let incoming = tokio::select! {
-                _ = cancel.cancelled() => break,
-                i = consumer.recv() => match i {
-                    Some(i) => i,
-                    None => break,
-                },
-            };
-            let event = &incoming.event;
-            let method = event
-                .method
-                .as_deref()
-                .and_then(|m| methods.get(m))
-                .cloned();
-            let (Some(job_id), Some(method), true) =
-                (event.job_id.clone(), method, event.kind.is_handoff())
-            else {
-                // Not a job this pod delivers (on_request jobs wait for their app).
-                let _ = incoming.ack().await;
-                continue;
-            };
-            match ctx.store.job(&job_id).await {
-                Ok(Some(record)) => match deliver::take_over(&ctx, method, &sink, record).await {
-                    Ok(_) => {
-                        let _ = incoming.ack().await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(job.id = %job_id, error = %e, "cannot take over a handed-off job");
-                        let _ = incoming.nack(false).await;
-                    }
-                },
-                Ok(None) => {
-                    let _ = incoming.ack().await;
-                }
-                Err(e) => {
-                    // Redis is the truth: without it we cannot claim. Let another pod try.
-                    tracing::warn!(job.id = %job_id, error = %e, "cannot read a handed-off job");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let _ = incoming.nack(true).await;
-                }
-            }
-        }
+        Some(consumer)
+    }
+
+    /// The service whose queue this pod consumes.
+    pub fn service(&self) -> &str {
+        &self.service
     }
 }

@@ -12,8 +12,8 @@ use http_body::Frame;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
-    admin::{MethodLabels, Metrics, ReasonLabels},
     grpc::{self, Deframer},
+    metrics::{MethodLabels, Metrics, ReasonLabels},
     offset::{self, Found, Offset, OffsetPath},
 };
 

@@ -369,6 +369,21 @@ impl Iterator for Messages {
     }
 }
 
+/// The full `source()` chain, so "connection refused" is not hidden behind "client error".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
 

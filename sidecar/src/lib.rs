@@ -9,17 +9,19 @@
 //! writes to the job [`store`]. [`config`], [`descriptors`], [`grpc`] and [`admin`] support them.
 
 pub mod admin;
+pub mod app;
 pub mod checkpoint;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
-pub mod deliver;
 pub mod descriptors;
 pub mod editions;
 pub mod events;
 pub mod filter;
 pub mod grpc;
+pub mod handoff;
 pub mod listen;
+pub mod metrics;
 pub mod offset;
 pub mod pipe;
 pub mod proxy;
@@ -28,3 +30,4 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod stream;
+pub mod upstream;

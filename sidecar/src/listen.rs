@@ -19,7 +19,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
-use crate::admin::{ClosedLabels, ListenerLabels, Metrics};
+use crate::metrics::{ClosedLabels, ListenerLabels, Metrics};
 
 /// Binds `addr` for the configuration key `key`; the error names the key (exit 2: a port in use
 /// is a configuration problem, as linkerd2-proxy and Envoy report it).
@@ -28,6 +28,11 @@ pub async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, String> {
         .await
         .map_err(|e| format!("key `{key}`: cannot listen on {addr}: {e}"))
 }
+
+/// Put in every request's extensions by the server: cancelled when the app connection the
+/// request came on closes (how a stream tells an app that died from one that cancelled).
+#[derive(Clone, Debug)]
+pub struct AppConnection(pub tokio_util::sync::CancellationToken);
 
 /// A listener that accepts with backoff and counts what it refuses.
 pub struct Listener {

@@ -30,9 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     checkpoint::Slot,
     filter::{Chunk, Filter, Unusable},
-    grpc::{BoxError, Deframer},
+    grpc::{BoxError, Deframer, error_chain},
     offset::Offset,
-    proxy::error_chain,
 };
 
 /// How an attempt's upstream response ended, as the app's body saw it.

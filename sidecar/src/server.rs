@@ -7,11 +7,10 @@ use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{listen::Listener, proxy::Proxy};
-
-/// Put in every request's extensions: cancelled when the app connection it came on closes.
-#[derive(Clone, Debug)]
-pub struct AppConnection(pub CancellationToken);
+use crate::{
+    listen::{AppConnection, Listener},
+    proxy::Proxy,
+};
 
 /// Serves until `shutdown`; connections still open then get a GOAWAY and are tracked by
 /// `connections` so the caller can wait for them.

@@ -20,7 +20,7 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{admin::Health, events::Events};
+use crate::{events::Events, metrics::Health};
 
 pub struct Shutdown {
     pub health: Arc<Health>,

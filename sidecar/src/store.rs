@@ -11,16 +11,13 @@ use std::{
 };
 
 use reprise_jobs::{
-    Checkpoint, Claim, Finish, JobRecord, JobStatus, JobStore, MemoryStore, NewJob, Owner,
-    RedisStore, Restore, StoreError, Write,
+    Checkpoint, Claim, Finish, JobRecord, JobStore, MemoryStore, NewJob, Owner, RedisStore,
+    Restore, StoreError, Write,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    admin::{Health, Metrics, OpLabels},
-    events::{Events, JobEvent},
-};
+use crate::metrics::{Health, Metrics, OpLabels};
 
 /// Where one job's state lives; fixed at claim time for the life of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,7 +99,8 @@ impl Store {
         }
     }
 
-    fn failed(&self, op: &'static str, e: &StoreError) {
+    /// Counts a failed Redis operation; the first of an outage turns the sidecar not-ready.
+    pub(crate) fn failed(&self, op: &'static str, e: &StoreError) {
         self.metrics
             .store_errors
             .get_or_create(&OpLabels { op })
@@ -277,69 +275,6 @@ impl Store {
             match redis.ping().await {
                 Ok(()) => self.recovered(),
                 Err(e) => self.failed("ping", &e),
-            }
-        }
-    }
-
-    /// Jobs an earlier sidecar process of this pod left `running` (its container was OOM-killed
-    /// or restarted): mark them `interrupted` under their current fence, at once, and tell the
-    /// other pods. Without this they would wait for their leases to lapse.
-    pub async fn release_previous_instances(&self, owner: &Owner, events: &Events) {
-        let Some(redis) = self.redis.get() else {
-            return;
-        };
-        let ids = match redis.pod_jobs(&owner.pod).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                self.failed("release", &e);
-                return;
-            }
-        };
-        for id in ids {
-            let job = match redis.get(&id).await {
-                Ok(Some(job)) => job,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(job.id = %id, error = %e, "cannot read a job of this pod; leaving it to its lease");
-                    continue;
-                }
-            };
-            // The pod set is per pod name: a namesake in another namespace shares it.
-            if job.status != JobStatus::Running || job.owner == *owner || !job.owner.same_pod(owner)
-            {
-                continue;
-            }
-            let finish = Finish {
-                job_id: id.clone(),
-                fence: job.fence,
-                status: JobStatus::Interrupted,
-                offset: None,
-                messages: job.messages,
-                error: Some(format!(
-                    "released: sidecar instance {} of pod {} stopped without a handoff",
-                    job.owner.instance, job.owner.pod
-                )),
-            };
-            match redis.finish(&finish).await {
-                Ok(Write::Ok) => {
-                    tracing::info!(
-                        job.id = %id,
-                        previous.instance = %job.owner.instance,
-                        offset = job.offset.as_deref().unwrap_or(""),
-                        "released a job an earlier sidecar of this pod left running"
-                    );
-                    let event = JobEvent {
-                        job_id: &id,
-                        method: &job.method,
-                        offset: job.offset.as_deref(),
-                        fence: job.fence,
-                    };
-                    events
-                        .interrupted(&event, "previous sidecar instance stopped")
-                        .await;
-                }
-                Ok(Write::Fenced | Write::Forgotten) => {}
-                Err(e) => self.failed("release", &e),
             }
         }
     }

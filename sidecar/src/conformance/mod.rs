@@ -23,10 +23,10 @@ use prost::Message as _;
 use prost_reflect::{DynamicMessage, Kind};
 
 use crate::{
-    admin::{Metrics, ReasonLabels},
     config, descriptors,
     filter::Filter,
     grpc::Deframer,
+    metrics::{Metrics, ReasonLabels},
     offset::{self, Offset},
     request,
 };

@@ -19,81 +19,17 @@ use reprise_jobs::{Claim, JobRecord, JobStatus, NewJob};
 use reprise_proto::reprise::v1::{
     Delivery, End, Message, Start, delivery::Kind, resume_sink_client::ResumeSinkClient,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument as _;
 
 use crate::{
-    checkpoint::Slot,
     descriptors::ResumableMethod,
     grpc::{self, Deframer, Messages, ProxyBody, code},
     offset::{self, Offset},
     request,
-    stream::{Claimed, StreamCtx, Task},
+    stream::{AckState, Call, Claimed, Recipient, StreamCtx, Task},
 };
-
-/// What the sink acknowledged: the offset and count the job may be checkpointed at.
-pub struct AckState {
-    inner: Mutex<Acked>,
-    done: watch::Sender<Option<bool>>,
-}
-
-struct Acked {
-    slot: Option<Arc<Slot>>,
-    offset: Option<Offset>,
-    messages: u64,
-}
-
-impl AckState {
-    pub fn new() -> Arc<AckState> {
-        Arc::new(AckState {
-            inner: Mutex::new(Acked {
-                slot: None,
-                offset: None,
-                messages: 0,
-            }),
-            done: watch::channel(None).0,
-        })
-    }
-
-    /// Called when the task registers its checkpoint slot: the starting point.
-    pub(crate) fn attach(&self, slot: Arc<Slot>, offset: Option<Offset>, messages: u64) {
-        if let Ok(mut a) = self.inner.lock() {
-            a.slot = Some(slot);
-            a.offset = offset;
-            a.messages = messages;
-        }
-    }
-
-    fn acked_to(&self, offset: Offset, messages: u64) {
-        if let Ok(mut a) = self.inner.lock() {
-            if let Some(slot) = &a.slot {
-                slot.record(Some(&offset), messages);
-            }
-            a.offset = Some(offset);
-            a.messages = messages;
-        }
-    }
-
-    /// The last acknowledged offset (text) and message count.
-    pub fn acked(&self) -> (Option<String>, u64) {
-        self.inner
-            .lock()
-            .map(|a| (a.offset.as_ref().map(ToString::to_string), a.messages))
-            .unwrap_or((None, 0))
-    }
-
-    fn set_done(&self, delivered_all: bool) {
-        self.done.send_replace(Some(delivered_all));
-    }
-
-    /// Whether the sink acknowledged the whole stream, waiting at most `within`.
-    pub async fn wait_done(&self, within: Duration) -> bool {
-        let mut rx = self.done.subscribe();
-        let result = tokio::time::timeout(within, rx.wait_for(Option::is_some)).await;
-        matches!(result, Ok(Ok(v)) if *v == Some(true))
-    }
-}
 
 /// Takes over `job_id` if it is still waiting (`interrupted` or `orphaned`) and starts
 /// delivering it to `sink`. `Ok(false)`: nothing to do (another pod was faster, or it is done).
@@ -110,7 +46,7 @@ pub async fn take_over(
         .decode(&record.request_b64)
         .map_err(|e| format!("stored request is not base64: {e}"))?;
     // A stored request that no longer decodes cannot be resumed: say so now.
-    request::decode(&method, &original)?;
+    let decoded = request::decode(&method, &original)?;
     let new_job = NewJob {
         job_id: record.job_id.clone(),
         service: record.service.clone(),
@@ -118,7 +54,7 @@ pub async fn take_over(
         request_b64: record.request_b64.clone(),
         request_json: record.request_json.clone(),
         owner: ctx.owner.clone(),
-        lease_ttl: ctx.lease_ttl,
+        lease_ttl: ctx.settings.lease_ttl,
     };
     let (backend, claim) = ctx.store.take_over(&new_job).await?;
     let Some(Claim::Resumed {
@@ -163,10 +99,15 @@ pub async fn take_over(
             messages,
             moved: false,
         },
-        original.into(),
-        upstream_headers(),
-        None,
-        Some(ack.clone()),
+        Call {
+            original: original.into(),
+            request: decoded,
+            headers: upstream_headers(),
+            deadline: None,
+            base_id: record.job_id.clone(),
+            app_connection: None,
+        },
+        Recipient::ResumeSink(ack.clone()),
     );
     task.spawn();
     let pump = Pump {
@@ -174,7 +115,7 @@ pub async fn take_over(
         method,
         ack,
         next_seq: messages + 1,
-        max_message_bytes: ctx.max_message_bytes,
+        max_message_bytes: ctx.settings.max_message_bytes,
     };
     let span = tracing::info_span!("deliver", job.id = %record.job_id);
     ctx.tracker.spawn(pump.run(head, start).instrument(span));
