@@ -1,4 +1,4 @@
-//! The configuration every binary but the sidecar reads the same way: `--config FILE` (YAML, a
+//! The configuration every binary reads the same way: `--config FILE` (YAML, a
 //! mapping of keys) with each key overridable by an environment variable `REPRISE_<KEY>` (upper
 //! case), whose value is read as YAML too (`REPRISE_NAMESPACES='[a, b]'`). Unknown keys are
 //! errors naming the valid ones; each binary validates its values and exits 2 on any error.
@@ -37,7 +37,10 @@ pub fn values(
         match serde_yaml::from_str::<Value>(text) {
             Ok(Value::Mapping(m)) => {
                 for (k, v) in m {
-                    let key = k.as_str().unwrap_or_default().to_owned();
+                    let Some(key) = k.as_str().map(str::to_owned) else {
+                        errors.push(format!("config: key {k:?} is not a string"));
+                        continue;
+                    };
                     if keys.contains(&key.as_str()) {
                         map.insert(key, v);
                     } else {

@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
+use reprise_jobs::config_file;
 use serde_yaml::Value;
 
 /// Every top-level key, in the order the docs list them.
@@ -216,194 +217,133 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration in `text` with `REPRISE_<KEY>` of `env` over it (the reader every
+    /// binary shares, `reprise_jobs::config_file`), every key validated; the error lists every
+    /// problem, each naming its key and the valid choices.
     pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Self, ConfigErrors> {
-        let mut errors = Vec::new();
-        let mut map: BTreeMap<String, (Value, &'static str)> = BTreeMap::new();
-        let doc: Value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![format!("config: {e}")]))?
-        };
-        match doc {
-            Value::Null => {}
-            Value::Mapping(m) => {
-                for (k, v) in m {
-                    let Some(k) = k.as_str().map(str::to_owned) else {
-                        errors.push(format!("config: key {k:?} is not a string"));
-                        continue;
-                    };
-                    match KEYS.iter().find(|known| **known == k) {
-                        Some(known) => {
-                            map.insert(k, (v, known));
-                        }
-                        None => errors.push(unknown_key(&k, KEYS)),
-                    }
-                }
-            }
-            _ => errors.push("config: the top level must be a mapping of keys".into()),
-        }
-        for key in KEYS {
-            let var = format!("REPRISE_{}", key.to_uppercase());
-            if let Some(raw) = env.get(&var) {
-                // Env values are YAML too, so REPRISE_STREAMS can carry a list.
-                let v = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
-                map.insert((*key).to_owned(), (v, key));
-            }
-        }
+        let config_file::Values {
+            values: map,
+            mut errors,
+        } = config_file::values(text, env, KEYS).map_err(ConfigErrors)?;
         let mut p = Parser {
             map,
             errors: &mut errors,
         };
-
-        let listen = p.addr("listen", "127.0.0.1:15001");
-        let upstream = p.upstream();
         let descriptors = p.descriptors();
-        let redis_url = p.opt_url("redis_url", &["redis", "rediss", "redis+unix", "unix"]);
-        let redis_url = p.checked(
-            "redis_url",
-            redis_url,
-            reprise_jobs::RedisStore::check_url,
-            "redis://[USER:PASS@]HOST:PORT[/DB], rediss://…, redis+unix:///PATH",
-        );
-        // `amqps` is named so that its own error (no TLS in this build) says why.
-        let amqp_url = p.opt_url("amqp_url", &["amqp", "amqps"]);
-        let amqp_url = p.checked(
-            "amqp_url",
-            amqp_url,
-            |u| {
-                reprise_jobs::BusConfig::check_url(u).map_err(|e| match e {
-                    reprise_jobs::BusError::InvalidUrl { problem, .. } => problem,
-                    other => other.to_string(),
-                })
+        let mut config = Config {
+            listen: p.addr("listen", "127.0.0.1:15001"),
+            upstream: p.upstream(),
+            descriptors: descriptors.clone().unwrap_or(DescriptorSource::Reflection),
+            redis_url: p.redis_url(),
+            amqp_url: p.amqp_url(),
+            resume_sink: p
+                .opt_url("resume_sink", &["http"])
+                .and_then(|u| u.parse::<http::Uri>().ok()),
+            key_prefix: p.string("key_prefix", Some("reprise".into())),
+            service: p.string("service", Some("default".into())),
+            pod_name: p.string("pod_name", env.get("POD_NAME").cloned().or_else(hostname)),
+            pod_namespace: p.string("pod_namespace", env.get("POD_NAMESPACE").cloned()),
+            pod_uid: p.string("pod_uid", env.get("POD_UID").cloned()),
+            metrics_listen: p.addr("metrics_listen", "127.0.0.1:15090"),
+            checkpoint_interval: p.duration("checkpoint_interval", "100ms"),
+            lease_ttl: p.duration("lease_ttl", "10s"),
+            shutdown_timeout: p.duration("shutdown_timeout", "20s"),
+            drain_period: p.duration_or_zero("drain_period", "1s"),
+            max_outage: p.duration("max_outage", "30s"),
+            reconnect_backoff: p.duration("reconnect_backoff", "50ms"),
+            reconnect_backoff_max: p.duration("reconnect_backoff_max", "2s"),
+            // gRPC libraries take at most i32::MAX as their maximum message size.
+            max_message_bytes: p.bounded(
+                "max_message_bytes",
+                4 * 1024 * 1024,
+                1,
+                i32::MAX as u64,
+                "bytes",
+            ),
+            max_metadata_bytes: p.bounded(
+                "max_metadata_bytes",
+                DEFAULT_MAX_METADATA_BYTES,
+                MIN_METADATA_BYTES as u64,
+                MAX_METADATA_BYTES as u64,
+                "bytes",
+            ),
+            max_app_connections: p.count("max_app_connections", 1024, 1 << 20),
+            preface_timeout: p.duration("preface_timeout", "10s"),
+            // One thread, as linkerd2-proxy defaults to one core: a sidecar shares the pod's
+            // CPU with its app, and one thread saves the cross-thread wake-ups of a
+            // work-stealing runtime (see docs/benchmarks.md).
+            worker_threads: p.positive("worker_threads", 1, "threads"),
+            upstream_connections: p.count("upstream_connections", 1, MAX_UPSTREAM_CONNECTIONS),
+            log_format: match p.choice("log_format", &["text", "json"], "text").as_str() {
+                "json" => LogFormat::Json,
+                _ => LogFormat::Text,
             },
-            "amqp://USER:PASS@HOST:5672/VHOST",
-        );
-        let resume_sink = p
-            .opt_url("resume_sink", &["http"])
-            .and_then(|u| u.parse::<http::Uri>().ok());
-        let key_prefix = p.string("key_prefix", Some("reprise".into()));
-        let service = p.string("service", Some("default".into()));
-        let pod_name = p.string("pod_name", env.get("POD_NAME").cloned().or_else(hostname));
-        let pod_namespace = p.string("pod_namespace", env.get("POD_NAMESPACE").cloned());
-        let pod_uid = p.string("pod_uid", env.get("POD_UID").cloned());
-        let metrics_listen = p.addr("metrics_listen", "127.0.0.1:15090");
-        let checkpoint_interval = p.duration("checkpoint_interval", "100ms");
-        let lease_ttl = p.duration("lease_ttl", "10s");
-        let shutdown_timeout = p.duration("shutdown_timeout", "20s");
-        let drain_period = p.duration_or_zero("drain_period", "1s");
-        let max_outage = p.duration("max_outage", "30s");
-        let reconnect_backoff = p.duration("reconnect_backoff", "50ms");
-        let reconnect_backoff_max = p.duration("reconnect_backoff_max", "2s");
-        // gRPC libraries take at most i32::MAX as their maximum message size.
-        let max_message_bytes = p.bounded(
-            "max_message_bytes",
-            4 * 1024 * 1024,
-            1,
-            i32::MAX as u64,
-            "bytes",
-        );
-        let max_metadata_bytes = p.bounded(
-            "max_metadata_bytes",
-            DEFAULT_MAX_METADATA_BYTES,
-            MIN_METADATA_BYTES as u64,
-            MAX_METADATA_BYTES as u64,
-            "bytes",
-        );
-        let max_app_connections = p.count("max_app_connections", 1024, 1 << 20);
-        let preface_timeout = p.duration("preface_timeout", "10s");
-        // One thread, as linkerd2-proxy defaults to one core: a sidecar shares the pod's CPU
-        // with its app, and one thread saves the cross-thread wake-ups of a work-stealing
-        // runtime (see docs/benchmarks.md).
-        let worker_threads = p.positive("worker_threads", 1, "threads");
-        let upstream_connections = p.count("upstream_connections", 1, MAX_UPSTREAM_CONNECTIONS);
-        let log_format = match p.choice("log_format", &["text", "json"], "text").as_str() {
-            "json" => LogFormat::Json,
-            _ => LogFormat::Text,
+            streams: Vec::new(),
+            warnings: Vec::new(),
         };
-        let streams = p.streams(max_outage);
+        config.streams = p.streams(config.max_outage);
+        errors.extend(config.relations(descriptors.is_some()));
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(config)
+    }
 
-        if listen == metrics_listen {
-            p.errors.push(format!(
-                "keys `listen` and `metrics_listen`: both are {listen}; each needs its own port"
+    /// What keys must satisfy together (each key alone is valid).
+    fn relations(&self, descriptors_set: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.listen == self.metrics_listen {
+            errors.push(format!(
+                "keys `listen` and `metrics_listen`: both are {}; each needs its own port",
+                self.listen
             ));
         }
-        if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
-            p.errors.push(format!(
-                "key `key_prefix`: {key_prefix:?} must be non-empty without spaces"
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            errors.push(format!(
+                "key `key_prefix`: {:?} must be non-empty without spaces",
+                self.key_prefix
             ));
         }
-        if lease_ttl < checkpoint_interval * 2 {
-            p.errors.push(format!(
+        if self.lease_ttl < self.checkpoint_interval * 2 {
+            errors.push(format!(
                 "key `lease_ttl`: {} must be at least twice `checkpoint_interval` ({}), or leases lapse between renewals",
-                humantime::format_duration(lease_ttl),
-                humantime::format_duration(checkpoint_interval)
+                humantime::format_duration(self.lease_ttl),
+                humantime::format_duration(self.checkpoint_interval)
             ));
         }
-        if streams.iter().any(|s| s.resume == ResumeMode::Deliver) {
-            if resume_sink.is_none() {
-                p.errors.push(
+        if self.streams.iter().any(|s| s.resume == ResumeMode::Deliver) {
+            if self.resume_sink.is_none() {
+                errors.push(
                     "key `resume_sink`: required when a stream has `resume: deliver`; valid: the app's ResumeSink address, e.g. http://127.0.0.1:15002"
                         .into(),
                 );
             }
-            if amqp_url.is_none() {
-                p.errors.push(
+            if self.amqp_url.is_none() {
+                errors.push(
                     "key `amqp_url`: required when a stream has `resume: deliver` (handoffs arrive as RabbitMQ events); valid: amqp://USER:PASS@HOST:5672/VHOST"
                         .into(),
                 );
             }
         }
-        if !streams.is_empty() && descriptors.is_none() {
-            p.errors.push(
+        if !self.streams.is_empty() && !descriptors_set {
+            errors.push(
                 "key `descriptors`: required when `streams` are configured; valid: a FileDescriptorSet path, or `reflection`"
                     .into(),
             );
         }
-        if drain_period >= shutdown_timeout {
-            p.errors.push(format!(
+        if self.drain_period >= self.shutdown_timeout {
+            errors.push(format!(
                 "key `drain_period`: {} must be shorter than `shutdown_timeout` ({}), or streams are never handed off",
-                humantime::format_duration(drain_period),
-                humantime::format_duration(shutdown_timeout)
+                humantime::format_duration(self.drain_period),
+                humantime::format_duration(self.shutdown_timeout)
             ));
         }
-        if reconnect_backoff > reconnect_backoff_max {
-            p.errors.push(
+        if self.reconnect_backoff > self.reconnect_backoff_max {
+            errors.push(
                 "key `reconnect_backoff`: must not exceed `reconnect_backoff_max`".to_owned(),
             );
         }
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
-        }
-        Ok(Config {
-            listen,
-            upstream,
-            descriptors: descriptors.unwrap_or(DescriptorSource::Reflection),
-            redis_url,
-            amqp_url,
-            resume_sink,
-            key_prefix,
-            service,
-            pod_name,
-            pod_namespace,
-            pod_uid,
-            metrics_listen,
-            checkpoint_interval,
-            lease_ttl,
-            shutdown_timeout,
-            drain_period,
-            max_outage,
-            reconnect_backoff,
-            reconnect_backoff_max,
-            max_message_bytes,
-            max_metadata_bytes,
-            max_app_connections,
-            preface_timeout,
-            worker_threads,
-            upstream_connections,
-            log_format,
-            streams,
-            warnings: Vec::new(),
-        })
+        errors
     }
 }
 
@@ -415,31 +355,18 @@ fn hostname() -> Option<String> {
         .or_else(|| std::env::var("HOSTNAME").ok())
 }
 
-fn unknown_key(key: &str, valid: &[&str]) -> String {
-    format!("unknown key `{key}`; valid keys: {}", valid.join(", "))
-}
-
 struct Parser<'a> {
-    map: BTreeMap<String, (Value, &'static str)>,
+    map: BTreeMap<String, Value>,
     errors: &'a mut Vec<String>,
-}
-
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 impl Parser<'_> {
     fn raw(&self, key: &str) -> Option<&Value> {
-        self.map.get(key).map(|(v, _)| v).filter(|v| !v.is_null())
+        self.map.get(key).filter(|v| !v.is_null())
     }
 
     fn string(&mut self, key: &str, default: Option<String>) -> String {
-        match self.raw(key).map(scalar_string) {
+        match self.raw(key).map(config_file::scalar) {
             Some(Some(s)) => s,
             Some(None) => {
                 self.errors.push(format!("key `{key}`: expected a string"));
@@ -464,6 +391,32 @@ impl Parser<'_> {
             return None;
         }
         Some(s)
+    }
+
+    fn redis_url(&mut self) -> Option<String> {
+        let url = self.opt_url("redis_url", &["redis", "rediss", "redis+unix", "unix"]);
+        self.checked(
+            "redis_url",
+            url,
+            reprise_jobs::RedisStore::check_url,
+            "redis://[USER:PASS@]HOST:PORT[/DB], rediss://…, redis+unix:///PATH",
+        )
+    }
+
+    fn amqp_url(&mut self) -> Option<String> {
+        // `amqps` is named so that its own error (no TLS in this build) says why.
+        let url = self.opt_url("amqp_url", &["amqp", "amqps"]);
+        self.checked(
+            "amqp_url",
+            url,
+            |u| {
+                reprise_jobs::BusConfig::check_url(u).map_err(|e| match e {
+                    reprise_jobs::BusError::InvalidUrl { problem, .. } => problem,
+                    other => other.to_string(),
+                })
+            },
+            "amqp://USER:PASS@HOST:5672/VHOST",
+        )
     }
 
     /// `url` (already of a valid scheme) as the client that will use it parses it, without I/O:
@@ -645,121 +598,142 @@ impl Parser<'_> {
                 return Vec::new();
             }
         };
-        let mut out = Vec::new();
+        let mut out: Vec<StreamConfig> = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let Value::Mapping(m) = item else {
-                self.errors
-                    .push(format!("key `streams[{i}]`: expected a mapping"));
+            let Some(stream) = self.stream(i, item, max_outage) else {
                 continue;
             };
-            let mut fields: BTreeMap<String, Value> = BTreeMap::new();
-            for (k, v) in m {
-                match k.as_str() {
-                    Some(k) if STREAM_KEYS.contains(&k) => {
-                        fields.insert(k.to_owned(), v.clone());
-                    }
-                    other => self.errors.push(format!(
-                        "key `streams[{i}].{}`: unknown; valid keys: {}",
-                        other.unwrap_or("?"),
-                        STREAM_KEYS.join(", ")
-                    )),
-                }
-            }
-            let mut req = |name: &str| -> String {
-                match fields.get(name).and_then(scalar_string) {
-                    Some(s) if !s.is_empty() => s,
-                    _ => {
-                        self.errors
-                            .push(format!("key `streams[{i}].{name}`: required"));
-                        String::new()
-                    }
-                }
-            };
-            let method = req("method").trim_start_matches('/').to_owned();
-            let offset_field = req("offset_field");
-            let resume_field = req("resume_field");
-            let resume = match fields.get("resume").and_then(scalar_string).as_deref() {
-                None | Some("on_request") => ResumeMode::OnRequest,
-                Some("deliver") => ResumeMode::Deliver,
-                Some(other) => {
-                    self.errors.push(format!(
-                        "key `streams[{i}].resume`: {other:?} is not valid; valid: on_request, deliver"
-                    ));
-                    ResumeMode::OnRequest
-                }
-            };
-            let on_app_cancel = match fields
-                .get("on_app_cancel")
-                .and_then(scalar_string)
-                .as_deref()
-            {
-                None | Some("restart") => AppCancel::Restart,
-                Some("resume") => AppCancel::Resume,
-                Some(other) => {
-                    self.errors.push(format!(
-                        "key `streams[{i}].on_app_cancel`: {other:?} is not valid; valid: restart (the default: a call the app cancels or lets time out starts again from the beginning), resume (it continues after what the app's connection took)"
-                    ));
-                    AppCancel::Restart
-                }
-            };
-            let resume_inclusive = match fields.get("resume_inclusive").map(scalar_string) {
-                None => false,
-                Some(Some(s)) if s == "false" => false,
-                Some(Some(s)) if s == "true" => true,
-                Some(other) => {
-                    self.errors.push(format!(
-                        "key `streams[{i}].resume_inclusive`: {} is not valid; valid: true (the resume field means \"from this offset, inclusive\"), false (\"strictly after it\", the default)",
-                        other.map_or_else(|| "a non-scalar value".to_owned(), |s| format!("{s:?}"))
-                    ));
-                    false
-                }
-            };
-            let retry_codes = match fields.get("retry_codes") {
-                None => vec![14],
-                Some(Value::Sequence(codes)) => codes
-                    .iter()
-                    .filter_map(|c| {
-                        let name = scalar_string(c).unwrap_or_default().to_lowercase();
-                        let code = code_from_name(&name);
-                        if code.is_none() {
-                            self.errors.push(format!(
-                                "key `streams[{i}].retry_codes`: {name:?} is not valid; valid: {}",
-                                RETRYABLE_CODE_NAMES.join(", ")
-                            ));
-                        }
-                        code
-                    })
-                    .collect(),
-                Some(_) => {
-                    self.errors.push(format!(
-                        "key `streams[{i}].retry_codes`: expected a list, e.g. [unavailable, internal]"
-                    ));
-                    vec![14]
-                }
-            };
-            let max_outage = match fields.get("max_outage").and_then(scalar_string) {
-                Some(s) => self
-                    .duration_value(&format!("streams[{i}].max_outage"), &s)
-                    .unwrap_or(max_outage),
-                None => max_outage,
-            };
-            if out.iter().any(|s: &StreamConfig| s.method == method) {
+            if out.iter().any(|s| s.method == stream.method) {
                 self.errors.push(format!(
-                    "key `streams[{i}].method`: {method:?} is configured twice"
+                    "key `streams[{i}].method`: {:?} is configured twice",
+                    stream.method
                 ));
             }
-            out.push(StreamConfig {
-                method,
-                offset_field,
-                resume_field,
-                resume_inclusive,
-                resume,
-                on_app_cancel,
-                retry_codes,
-                max_outage,
-            });
+            out.push(stream);
         }
         out
+    }
+
+    /// The entry `streams[i]`; `max_outage` is the top-level default.
+    fn stream(&mut self, i: usize, item: &Value, max_outage: Duration) -> Option<StreamConfig> {
+        let Value::Mapping(m) = item else {
+            self.errors
+                .push(format!("key `streams[{i}]`: expected a mapping"));
+            return None;
+        };
+        let fields = self.stream_fields(i, m);
+        let text = |name: &str| fields.get(name).and_then(config_file::scalar);
+        let mut required = |name: &str| -> String {
+            match text(name) {
+                Some(s) if !s.is_empty() => s,
+                _ => {
+                    self.errors
+                        .push(format!("key `streams[{i}].{name}`: required"));
+                    String::new()
+                }
+            }
+        };
+        let method = required("method").trim_start_matches('/').to_owned();
+        let offset_field = required("offset_field");
+        let resume_field = required("resume_field");
+        let resume = match text("resume").as_deref() {
+            None | Some("on_request") => ResumeMode::OnRequest,
+            Some("deliver") => ResumeMode::Deliver,
+            Some(other) => {
+                self.errors.push(format!(
+                    "key `streams[{i}].resume`: {other:?} is not valid; valid: on_request, deliver"
+                ));
+                ResumeMode::OnRequest
+            }
+        };
+        let on_app_cancel = match text("on_app_cancel").as_deref() {
+            None | Some("restart") => AppCancel::Restart,
+            Some("resume") => AppCancel::Resume,
+            Some(other) => {
+                self.errors.push(format!(
+                    "key `streams[{i}].on_app_cancel`: {other:?} is not valid; valid: restart (the default: a call the app cancels or lets time out starts again from the beginning), resume (it continues after what the app's connection took)"
+                ));
+                AppCancel::Restart
+            }
+        };
+        let resume_inclusive = self.resume_inclusive(i, fields.get("resume_inclusive"));
+        let retry_codes = self.retry_codes(i, fields.get("retry_codes"));
+        let max_outage = match text("max_outage") {
+            Some(s) => self
+                .duration_value(&format!("streams[{i}].max_outage"), &s)
+                .unwrap_or(max_outage),
+            None => max_outage,
+        };
+        Some(StreamConfig {
+            method,
+            offset_field,
+            resume_field,
+            resume_inclusive,
+            resume,
+            on_app_cancel,
+            retry_codes,
+            max_outage,
+        })
+    }
+
+    /// The known keys of `streams[i]`; an unknown one is an error naming the valid ones.
+    fn stream_fields(&mut self, i: usize, m: &serde_yaml::Mapping) -> BTreeMap<String, Value> {
+        let mut fields = BTreeMap::new();
+        for (k, v) in m {
+            match k.as_str() {
+                Some(k) if STREAM_KEYS.contains(&k) => {
+                    fields.insert(k.to_owned(), v.clone());
+                }
+                other => self.errors.push(format!(
+                    "key `streams[{i}].{}`: unknown; valid keys: {}",
+                    other.unwrap_or("?"),
+                    STREAM_KEYS.join(", ")
+                )),
+            }
+        }
+        fields
+    }
+
+    fn resume_inclusive(&mut self, i: usize, value: Option<&Value>) -> bool {
+        match value.map(config_file::scalar) {
+            None => false,
+            Some(Some(s)) if s == "false" => false,
+            Some(Some(s)) if s == "true" => true,
+            Some(other) => {
+                self.errors.push(format!(
+                    "key `streams[{i}].resume_inclusive`: {} is not valid; valid: true (the resume field means \"from this offset, inclusive\"), false (\"strictly after it\", the default)",
+                    other.map_or_else(|| "a non-scalar value".to_owned(), |s| format!("{s:?}"))
+                ));
+                false
+            }
+        }
+    }
+
+    /// `retry_codes` of `streams[i]`: gRPC code names; default `[unavailable]`.
+    fn retry_codes(&mut self, i: usize, value: Option<&Value>) -> Vec<i32> {
+        match value {
+            None => vec![14],
+            Some(Value::Sequence(codes)) => codes
+                .iter()
+                .filter_map(|c| {
+                    let name = config_file::scalar(c).unwrap_or_default().to_lowercase();
+                    let code = code_from_name(&name);
+                    if code.is_none() {
+                        self.errors.push(format!(
+                            "key `streams[{i}].retry_codes`: {name:?} is not valid; valid: {}",
+                            RETRYABLE_CODE_NAMES.join(", ")
+                        ));
+                    }
+                    code
+                })
+                .collect(),
+            Some(_) => {
+                self.errors.push(format!(
+                    "key `streams[{i}].retry_codes`: expected a list, e.g. [unavailable, internal]"
+                ));
+                vec![14]
+            }
+        }
     }
 }
 

@@ -62,8 +62,8 @@ struct Inner {
     /// After `ready`, the app's body ends.
     closed: bool,
     /// The job's checkpoint slot, checked after every upstream frame: when a write was
-    /// refused, another owner holds the job and the attempt ends.
-    fence: Arc<Slot>,
+    /// refused (the fence is lost), another owner holds the job and the attempt ends.
+    slot: Arc<Slot>,
     body_waker: Option<Waker>,
     task_waker: Option<Waker>,
 }
@@ -74,7 +74,7 @@ struct Flow {
 }
 
 impl Pipe {
-    pub fn new(filter: Filter, fence: Arc<Slot>) -> Arc<Pipe> {
+    pub fn new(filter: Filter, slot: Arc<Slot>) -> Arc<Pipe> {
         Arc::new(Pipe {
             inner: Mutex::new(Inner {
                 filter,
@@ -82,7 +82,7 @@ impl Pipe {
                 ready: VecDeque::with_capacity(2),
                 end: None,
                 closed: false,
-                fence,
+                slot,
                 body_waker: None,
                 task_waker: None,
             }),
@@ -158,12 +158,13 @@ impl Pipe {
         close(&mut self.lock());
     }
 
-    /// The body the app's response carries. `record` is set unless in deliver mode (where
-    /// acknowledgements move the checkpoint, not what the app's connection takes).
-    pub fn body(self: &Arc<Self>, record: Option<Arc<Slot>>, gone: CancellationToken) -> AppBody {
+    /// The body the app's response carries. `slot` (the job's checkpoint slot) is set unless
+    /// in deliver mode, where acknowledgements move the checkpoint, not what the app's
+    /// connection takes.
+    pub fn body(self: &Arc<Self>, slot: Option<Arc<Slot>>, gone: CancellationToken) -> AppBody {
         AppBody {
             pipe: self.clone(),
-            record,
+            slot,
             gone,
         }
     }
@@ -187,7 +188,8 @@ fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
 /// what it yields is on its way to the app.
 pub(crate) struct AppBody {
     pipe: Arc<Pipe>,
-    record: Option<Arc<Slot>>,
+    /// Moved to each chunk's position as the app's connection takes it.
+    slot: Option<Arc<Slot>>,
     /// Cancelled when the body is dropped: the app went away (or its call ended).
     gone: CancellationToken,
 }
@@ -211,7 +213,7 @@ impl Body for AppBody {
         let inner = &mut *guard;
         loop {
             if let Some(chunk) = inner.ready.pop_front() {
-                if let (Some(slot), Some((offset, messages))) = (&this.record, &chunk.progress) {
+                if let (Some(slot), Some((offset, messages))) = (&this.slot, &chunk.progress) {
                     slot.record(Some(offset), *messages);
                 }
                 return Poll::Ready(Some(Ok(chunk.frame)));
@@ -231,7 +233,7 @@ impl Body for AppBody {
                         .push(data, &mut flow.deframer, &mut inner.ready)
                         .err()
                         .map(End::Failed)
-                        .or_else(|| inner.fence.lost().then_some(End::Fenced)),
+                        .or_else(|| inner.slot.lost().then_some(End::Fenced)),
                     Err(frame) => frame.into_trailers().ok().map(End::Trailers),
                 },
                 Some(Err(e)) => Some(End::Broken {

@@ -214,12 +214,12 @@ pub fn resolve(
     }
 }
 
-fn resolve_one(
+/// The server-streaming method `streams[i].method` names, or an error listing the valid ones.
+fn find_method(
     pool: &DescriptorPool,
     s: &StreamConfig,
-    i: usize,
-) -> Result<ResumableMethod, Vec<String>> {
-    let key = format!("streams[{i}]");
+    key: &str,
+) -> Result<prost_reflect::MethodDescriptor, Vec<String>> {
     let Some((service_name, method_name)) = s.method.split_once('/') else {
         return Err(vec![format!(
             "key `{key}.method`: {:?} must look like package.Service/Method",
@@ -256,6 +256,16 @@ fn resolve_one(
             list(&valid)
         )]);
     }
+    Ok(method)
+}
+
+fn resolve_one(
+    pool: &DescriptorPool,
+    s: &StreamConfig,
+    i: usize,
+) -> Result<ResumableMethod, Vec<String>> {
+    let key = format!("streams[{i}]");
+    let method = find_method(pool, s, &key)?;
     let mut errors = Vec::new();
     let offset = field_path(
         &method.output(),

@@ -77,16 +77,7 @@ pub async fn take_over(
         offset = last.as_ref().map(ToString::to_string).unwrap_or_default(),
         "took over a handed-off job; delivering the rest to the app's ResumeSink"
     );
-    let start = Start {
-        job_id: record.job_id.clone(),
-        service: record.service.clone(),
-        method: record.method.clone(),
-        request: original.clone(),
-        request_json: record.request_json.clone(),
-        offset: last.as_ref().map(ToString::to_string).unwrap_or_default(),
-        from_pod: record.owner.pod.clone(),
-        reason: previous_status.as_str().to_owned(),
-    };
+    let start = start_message(&record, last.as_ref(), previous_status, &original);
     let ack = AckState::new();
     let (task, head) = Task::new(
         ctx.clone(),
@@ -120,6 +111,25 @@ pub async fn take_over(
     let span = tracing::info_span!("deliver", job.id = %record.job_id);
     ctx.tracker.spawn(pump.run(head, start).instrument(span));
     Ok(true)
+}
+
+/// The sink's first message: which job it gets, from where, and why.
+fn start_message(
+    record: &JobRecord,
+    last: Option<&Offset>,
+    previous_status: JobStatus,
+    original: &[u8],
+) -> Start {
+    Start {
+        job_id: record.job_id.clone(),
+        service: record.service.clone(),
+        method: record.method.clone(),
+        request: original.to_vec(),
+        request_json: record.request_json.clone(),
+        offset: last.as_ref().map(ToString::to_string).unwrap_or_default(),
+        from_pod: record.owner.pod.clone(),
+        reason: previous_status.as_str().to_owned(),
+    }
 }
 
 /// The original call's metadata is not stored (it may carry credentials): a takeover sends only

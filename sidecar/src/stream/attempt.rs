@@ -199,11 +199,11 @@ impl Task {
         headers.remove("grpc-encoding");
         // The app's connection taking a chunk moves the checkpoint, unless in deliver
         // mode, where acknowledgements do.
-        let record = match (&self.slot, &self.recipient) {
+        let slot = match (&self.slot, &self.recipient) {
             (Some(g), Recipient::App) => Some(g.slot.clone()),
             _ => None,
         };
-        let body = self.pipe.body(record, self.app_gone.clone());
+        let body = self.pipe.body(slot, self.app_gone.clone());
         let mut res = Response::new(body.boxed_unsync());
         *res.headers_mut() = headers;
         head.send(res).map_err(|_| Step::Done(Outcome::AppGone))
