@@ -67,6 +67,8 @@ impl Slot {
     }
 }
 
+/// Every running job's [`Slot`], flushed to the store every `checkpoint_interval` in one
+/// batch (offsets and lease renewals), so a stream's messages cost no store write each.
 pub struct Checkpointer {
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     next_id: AtomicU64,

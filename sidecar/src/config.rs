@@ -71,6 +71,8 @@ pub const RETRYABLE_CODE_NAMES: &[&str] = &[
     "data_loss",
 ];
 
+/// The sidecar's configuration, every key validated ([`Config::parse`]); see the README's
+/// Configuration table for each key's meaning and default.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -737,19 +739,13 @@ impl Parser<'_> {
     }
 }
 
-/// Numeric gRPC code for a retryable code name (`unavailable` → 14).
+/// Numeric gRPC code for a retryable code name (`unavailable` → 14); `None` for a name that is
+/// not a code or not one a stream may resume on ([`RETRYABLE_CODE_NAMES`]).
 pub fn code_from_name(name: &str) -> Option<i32> {
-    Some(match name {
-        "cancelled" => 1,
-        "unknown" => 2,
-        "deadline_exceeded" => 4,
-        "resource_exhausted" => 8,
-        "aborted" => 10,
-        "internal" => 13,
-        "unavailable" => 14,
-        "data_loss" => 15,
-        _ => return None,
-    })
+    RETRYABLE_CODE_NAMES
+        .contains(&name)
+        .then(|| crate::grpc::code::from_name(name))
+        .flatten()
 }
 
 /// A URL with its password replaced, for logs and errors: the one redactor every binary uses.

@@ -22,6 +22,9 @@ pub struct JobEvent<'a> {
     pub fence: u64,
 }
 
+/// The pod's voice on RabbitMQ: `job.interrupted` on a handoff (confirmed by the broker or kept
+/// in the Redis outbox), `job.completed` for information, and the resume queue a `deliver`
+/// sidecar consumes. Disabled without `amqp_url`.
 pub struct Events {
     service: String,
     owner: Owner,

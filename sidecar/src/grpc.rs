@@ -23,28 +23,43 @@ pub mod code {
     pub const UNAVAILABLE: i32 = 14;
     pub const UNKNOWN: i32 = 2;
 
+    /// Every code's canonical name, by number: the one table of the sidecar (logs, errors,
+    /// and the lower-case names `retry_codes` accepts).
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+
     /// The canonical upper-case name, for logs and errors.
     pub fn name(code: i32) -> &'static str {
-        match code {
-            0 => "OK",
-            1 => "CANCELLED",
-            2 => "UNKNOWN",
-            3 => "INVALID_ARGUMENT",
-            4 => "DEADLINE_EXCEEDED",
-            5 => "NOT_FOUND",
-            6 => "ALREADY_EXISTS",
-            7 => "PERMISSION_DENIED",
-            8 => "RESOURCE_EXHAUSTED",
-            9 => "FAILED_PRECONDITION",
-            10 => "ABORTED",
-            11 => "OUT_OF_RANGE",
-            12 => "UNIMPLEMENTED",
-            13 => "INTERNAL",
-            14 => "UNAVAILABLE",
-            15 => "DATA_LOSS",
-            16 => "UNAUTHENTICATED",
-            _ => "UNKNOWN_CODE",
-        }
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| NAMES.get(i))
+            .copied()
+            .unwrap_or("UNKNOWN_CODE")
+    }
+
+    /// The code of a name, in any case (`unavailable` → 14).
+    pub fn from_name(name: &str) -> Option<i32> {
+        NAMES
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+            .and_then(|i| i32::try_from(i).ok())
     }
 }
 
@@ -386,6 +401,17 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn code_names_and_numbers_are_one_table() {
+        for c in 0..=16 {
+            assert_eq!(code::from_name(code::name(c)), Some(c));
+        }
+        assert_eq!(code::from_name("unavailable"), Some(code::UNAVAILABLE));
+        assert_eq!(code::name(17), "UNKNOWN_CODE");
+        assert_eq!(code::name(-1), "UNKNOWN_CODE");
+        assert_eq!(code::from_name("sometimes"), None);
+    }
 
     #[test]
     fn gunzip_is_bounded_by_max() {

@@ -22,6 +22,7 @@ use crate::{
     upstream::{InFlight, strip_hop_by_hop, upstream_uri},
 };
 
+/// The router: which paths are resumable, and the context their stream tasks share.
 pub struct Proxy {
     methods: HashMap<String, Arc<ResumableMethod>>,
     ctx: Arc<StreamCtx>,
@@ -35,6 +36,9 @@ impl Proxy {
         }
     }
 
+    /// Serves one call of the app: a configured resumable method goes to [`stream::handle`],
+    /// everything else is passed through to the upstream unchanged (its body errors become
+    /// `UNAVAILABLE` trailers, see [`ErrorAsTrailers`]).
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         if let Err(message) = self
             .ctx

@@ -22,20 +22,27 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{events::Events, metrics::Health};
 
+/// The ordered shutdown (steps above), holding what each step stops.
 pub struct Shutdown {
+    /// Step 1 turns `/readyz` to not-ready.
     pub health: Arc<Health>,
     /// Step 1: stops the listener and sends GOAWAY; new resumable calls are refused.
     pub accept: CancellationToken,
+    /// Step 1: how long streams about to end may finish before step 3.
     pub drain_period: Duration,
     /// Step 2: cancels the handoff consumer.
     pub consumer: CancellationToken,
     /// Step 3: interrupts every stream.
     pub interrupt: CancellationToken,
+    /// Step 4: every stream task, waited for.
     pub streams: TaskTracker,
+    /// Step 4: every app connection, flushed.
     pub connections: TaskTracker,
+    /// Step 5: the AMQP channel and connection, closed.
     pub events: Arc<Events>,
     /// Step 5 (last): checkpointer, Redis probe, admin endpoint.
     pub background: CancellationToken,
+    /// `shutdown_timeout`: the bound on all of it.
     pub timeout: Duration,
 }
 

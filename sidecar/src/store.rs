@@ -26,6 +26,9 @@ pub enum Backend {
     Memory,
 }
 
+/// The job store as the sidecar uses it: every claim, checkpoint and final state goes to Redis
+/// when it is connected and reachable, else to the in-process store (and the sidecar reports
+/// not-ready until Redis answers again). A job stays in the backend it was claimed in.
 pub struct Store {
     /// `(url, key_prefix)` when Redis is configured.
     redis_config: Option<(String, String)>,
