@@ -143,7 +143,7 @@ async fn run(config: Config, admin: std::net::TcpListener) -> anyhow::Result<Exi
         }
     };
 
-    let (signals_tx, mut signals) = mpsc::unbounded_channel::<Signal>();
+    let (signals_tx, signals) = mpsc::unbounded_channel::<Signal>();
     let pods: Option<Arc<dyn PodView>> =
         match kube_view::start(&config, signals_tx, metrics.clone(), shutdown.clone()).await {
             Ok(view) => view,
@@ -162,26 +162,15 @@ async fn run(config: Config, admin: std::net::TcpListener) -> anyhow::Result<Exi
         "reprise-recoverer ready"
     );
 
-    let mut tick = tokio::time::interval(config.reconcile_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let result = tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = tick.tick() => reconciler.reconcile().await,
-            Some(s) = signals.recv() => reconciler.on_signal(&s).await,
-        };
-        let ok = match result {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "reconcile failed; retrying next interval");
-                false
-            }
-        };
-        health
-            .redis_ok
-            .store(ok, std::sync::atomic::Ordering::Relaxed);
-    }
+    let stop = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    reconciler
+        .run(config.reconcile_interval, signals, &health, stop)
+        .await;
     tracing::info!("shutdown: stopping");
     health
         .draining

@@ -12,8 +12,8 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
-    time::Instant,
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use reprise_jobs::{
@@ -21,7 +21,7 @@ use reprise_jobs::{
 };
 
 use crate::{
-    admin::{Metrics, ReasonLabels},
+    admin::{Health, Metrics, ReasonLabels},
     unseen::{REPORT_EVERY, UnseenOwners},
 };
 
@@ -102,6 +102,34 @@ impl Reconciler {
     }
 
     /// One full pass. Returns the number of jobs orphaned.
+    /// Runs until `stop` resolves: a full pass every `interval` (a missed tick is delayed, not
+    /// bunched) and each pod signal as it arrives. One error policy for both, as controller-rs
+    /// has one: a pass that fails is logged and retried at the next tick, and turns `/readyz`
+    /// not-ready (Redis is the truth: without it nothing can be reassigned); a pass that
+    /// succeeds turns it ready again.
+    pub async fn run(
+        &self,
+        interval: Duration,
+        mut signals: tokio::sync::mpsc::UnboundedReceiver<Signal>,
+        health: &Health,
+        stop: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let result = tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => self.reconcile().await,
+                Some(s) = signals.recv() => self.on_signal(&s).await,
+            };
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "reconcile failed; retrying next interval");
+            }
+            health.redis_ok.store(result.is_ok(), Ordering::Relaxed);
+        }
+    }
+
     pub async fn reconcile(&self) -> Result<usize, StoreError> {
         let started = Instant::now();
         let result = self.pass().await;
