@@ -68,34 +68,9 @@ impl Config {
         } = config_file::values(text, env, KEYS)?;
         let text_of = |key: &str| -> Option<String> { config_file::scalar(map.get(key)?) };
         let redis_url = text_of("redis_url").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
-            errors.push(format!(
-                "key `redis_url`: {:?} is not valid; valid schemes: redis, rediss",
-                redact_url(&redis_url)
-            ));
-        } else if let Err(problem) = reprise_jobs::RedisStore::check_url(&redis_url) {
-            errors.push(format!(
-                "key `redis_url`: {:?} is not usable: {problem}; valid: redis://[USER:PASS@]HOST:PORT[/DB]",
-                redact_url(&redis_url)
-            ));
-        }
+        errors.extend(check_redis_url(&redis_url));
         let amqp_url = text_of("amqp_url").filter(|u| !u.is_empty());
-        if let Some(u) = &amqp_url
-            && !u.starts_with("amqp://")
-        {
-            errors.push(format!(
-                "key `amqp_url`: {:?} is not valid; valid scheme: amqp",
-                redact_url(u)
-            ));
-        } else if let Some(u) = &amqp_url
-            && let Err(reprise_jobs::BusError::InvalidUrl { problem, .. }) =
-                reprise_jobs::BusConfig::check_url(u)
-        {
-            errors.push(format!(
-                "key `amqp_url`: {:?} is not usable: {problem}; valid: amqp://USER:PASS@HOST:5672/VHOST",
-                redact_url(u)
-            ));
-        }
+        errors.extend(amqp_url.as_deref().and_then(check_amqp_url));
         let key_prefix = text_of("key_prefix").unwrap_or_else(|| "reprise".into());
         let listen = text_of("metrics_listen").unwrap_or_else(|| "127.0.0.1:15091".into());
         let metrics_listen = listen.parse().unwrap_or_else(|_| {
@@ -114,24 +89,7 @@ impl Config {
                 Duration::from_secs(5)
             }
         };
-        let namespaces = match map.get("namespaces") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Sequence(items)) => items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            Some(Value::String(s)) => s
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            Some(_) => {
-                errors
-                    .push("key `namespaces`: expected a list of namespace names ([] = all)".into());
-                Vec::new()
-            }
-        };
+        let namespaces = namespaces(map.get("namespaces"), &mut errors);
         let label_selector =
             text_of("label_selector").unwrap_or_else(|| "reprise.dev/injected=true".into());
         let kube = match text_of("kube").as_deref() {
@@ -172,6 +130,61 @@ impl Config {
             })
         } else {
             Err(errors)
+        }
+    }
+}
+
+/// Problems with `redis_url`: a scheme the recoverer does not speak, or a URL the Redis client
+/// cannot parse (checked without I/O).
+fn check_redis_url(url: &str) -> Option<String> {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        return Some(format!(
+            "key `redis_url`: {:?} is not valid; valid schemes: redis, rediss",
+            redact_url(url)
+        ));
+    }
+    reprise_jobs::RedisStore::check_url(url).err().map(|problem| {
+        format!(
+            "key `redis_url`: {:?} is not usable: {problem}; valid: redis://[USER:PASS@]HOST:PORT[/DB]",
+            redact_url(url)
+        )
+    })
+}
+
+/// Problems with `amqp_url`, as the bus will parse it.
+fn check_amqp_url(url: &str) -> Option<String> {
+    if !url.starts_with("amqp://") {
+        return Some(format!(
+            "key `amqp_url`: {:?} is not valid; valid scheme: amqp",
+            redact_url(url)
+        ));
+    }
+    match reprise_jobs::BusConfig::check_url(url) {
+        Err(reprise_jobs::BusError::InvalidUrl { problem, .. }) => Some(format!(
+            "key `amqp_url`: {:?} is not usable: {problem}; valid: amqp://USER:PASS@HOST:5672/VHOST",
+            redact_url(url)
+        )),
+        _ => None,
+    }
+}
+
+/// `namespaces`: a list, or a comma-separated string; empty means all.
+fn namespaces(value: Option<&Value>, errors: &mut Vec<String>) -> Vec<String> {
+    match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(_) => {
+            errors.push("key `namespaces`: expected a list of namespace names ([] = all)".into());
+            Vec::new()
         }
     }
 }

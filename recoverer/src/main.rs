@@ -107,41 +107,14 @@ async fn run(config: Config, admin: std::net::TcpListener) -> anyhow::Result<Exi
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    // Redis is the truth: wait for it (not ready meanwhile) rather than exit and crash-loop.
-    let redis = loop {
-        match RedisStore::connect(&config.redis_url, &config.key_prefix).await {
-            Ok(r) => break r,
-            Err(e) => {
-                tracing::error!(error = %e, "redis unreachable; retrying");
-                tokio::select! {
-                    _ = term.recv() => return Ok(ExitCode::SUCCESS),
-                    _ = int.recv() => return Ok(ExitCode::SUCCESS),
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
+    let Some(redis) = connect_redis(&config, &mut term, &mut int).await else {
+        return Ok(ExitCode::SUCCESS);
     };
     health
         .redis_ok
         .store(true, std::sync::atomic::Ordering::Relaxed);
 
-    let bus = match &config.amqp_url {
-        Some(url) => {
-            let bus = EventBus::start(
-                BusConfig::new(url, &config.key_prefix).with_connection_name("reprise-recoverer"),
-            )
-            .map_err(|e| anyhow::anyhow!("amqp_url {}: {e}", redact_url(url)))?;
-            let publisher = Publisher::new(bus.clone(), Outbox::new(&redis));
-            tokio::spawn(publisher.clone().run_drainer(shutdown.clone()));
-            Some((bus, publisher))
-        }
-        None => {
-            tracing::warn!(
-                "no amqp_url: orphaned jobs are not announced; sidecars find them when their apps ask"
-            );
-            None
-        }
-    };
+    let bus = start_bus(&config, &redis, &shutdown)?;
 
     let (signals_tx, signals) = mpsc::unbounded_channel::<Signal>();
     let pods: Option<Arc<dyn PodView>> =
@@ -181,4 +154,48 @@ async fn run(config: Config, admin: std::net::TcpListener) -> anyhow::Result<Exi
     }
     tracing::info!("shutdown: done");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Redis is the truth: wait for it (not ready meanwhile) rather than exit and crash-loop.
+/// `None`: a signal came first.
+async fn connect_redis(
+    config: &Config,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Option<RedisStore> {
+    loop {
+        match RedisStore::connect(&config.redis_url, &config.key_prefix).await {
+            Ok(r) => return Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "redis unreachable; retrying");
+                tokio::select! {
+                    _ = term.recv() => return None,
+                    _ = int.recv() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The broker that announces orphaned jobs, with the Redis outbox behind it; `None` without
+/// `amqp_url`.
+fn start_bus(
+    config: &Config,
+    redis: &RedisStore,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(EventBus, Publisher)>> {
+    let Some(url) = &config.amqp_url else {
+        tracing::warn!(
+            "no amqp_url: orphaned jobs are not announced; sidecars find them when their apps ask"
+        );
+        return Ok(None);
+    };
+    let bus = EventBus::start(
+        BusConfig::new(url, &config.key_prefix).with_connection_name("reprise-recoverer"),
+    )
+    .map_err(|e| anyhow::anyhow!("amqp_url {}: {e}", redact_url(url)))?;
+    let publisher = Publisher::new(bus.clone(), Outbox::new(redis));
+    tokio::spawn(publisher.clone().run_drainer(shutdown.clone()));
+    Ok(Some((bus, publisher)))
 }
