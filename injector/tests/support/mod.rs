@@ -15,11 +15,13 @@ use http_body_util::{BodyExt, Full};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::net::TcpStream;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// Two free ports, distinct: both are held while the second is picked (one released before
+/// the next bind may be handed out again).
+pub fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("a bound port").port();
+    (port(&a), port(&b))
 }
 
 /// A CA and a serving certificate it signed for `localhost` and 127.0.0.1 (what cert-manager's
@@ -120,7 +122,7 @@ impl Injector {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         make_cert(&cert, &key, "first");
-        let (port, metrics_port) = (free_port(), free_port());
+        let (port, metrics_port) = free_ports();
         let config = dir.path().join("injector.yaml");
         std::fs::write(
             &config,
@@ -143,7 +145,7 @@ impl Injector {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn reprise-injector");
-        let injector = Injector {
+        let mut injector = Injector {
             child,
             port,
             metrics_port,
@@ -153,11 +155,16 @@ impl Injector {
         injector
     }
 
-    fn wait_ready(&self) {
+    /// Until `/readyz` answers 200; an injector that exits first fails at once (its stderr is
+    /// the test's).
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self.admin("/readyz").is_some_and(|(code, _)| code == 200) {
                 return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("reprise-injector exited before it was ready: {status}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
