@@ -53,8 +53,8 @@ fn invalid_lines(source: &str, e: &ManifestError) -> String {
             } => {
                 for p in problems.problems() {
                     lines.push(format!(
-                        "{source}: document {document}: {object}: annotation `{}`: {}; valid: {}",
-                        p.annotation, p.problem, p.valid
+                        "{source}: document {document}: {object}: {}",
+                        p.describe()
                     ));
                 }
             }

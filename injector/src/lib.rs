@@ -133,6 +133,14 @@ impl InjectError {
     pub fn problems(&self) -> impl Iterator<Item = &InjectError> {
         std::iter::once(self).chain(&self.more)
     }
+
+    /// This problem alone, without `more`: `annotation `a`: problem; valid: values`.
+    pub fn describe(&self) -> String {
+        format!(
+            "annotation `{}`: {}; valid: {}",
+            self.annotation, self.problem, self.valid
+        )
+    }
 }
 
 /// `annotation `a`: problem; valid: values`, then `; and annotation `b`: …` for each further one.
@@ -142,11 +150,7 @@ impl std::fmt::Display for InjectError {
             if i > 0 {
                 f.write_str("; and ")?;
             }
-            write!(
-                f,
-                "annotation `{}`: {}; valid: {}",
-                p.annotation, p.problem, p.valid
-            )?;
+            f.write_str(&p.describe())?;
         }
         Ok(())
     }

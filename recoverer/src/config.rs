@@ -159,13 +159,12 @@ fn check_amqp_url(url: &str) -> Option<String> {
             redact_url(url)
         ));
     }
-    match reprise_jobs::BusConfig::check_url(url) {
-        Err(reprise_jobs::BusError::InvalidUrl { problem, .. }) => Some(format!(
+    reprise_jobs::BusConfig::check_url(url).err().map(|problem| {
+        format!(
             "key `amqp_url`: {:?} is not usable: {problem}; valid: amqp://USER:PASS@HOST:5672/VHOST",
             redact_url(url)
-        )),
-        _ => None,
-    }
+        )
+    })
 }
 
 /// `namespaces`: a list, or a comma-separated string; empty means all.

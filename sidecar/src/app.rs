@@ -128,11 +128,8 @@ struct App {
     config: Config,
     listener: Listener,
     admin_listener: Listener,
-    metrics: Arc<Metrics>,
     health: Arc<Health>,
-    store: Arc<Store>,
-    events: Arc<Events>,
-    checkpointer: Arc<Checkpointer>,
+    /// Holds the store, the checkpointer, the events and the metrics the other parts share.
     ctx: Arc<StreamCtx>,
     proxy: Arc<Proxy>,
     /// The `resume: deliver` methods, by name: what the handoff consumer takes.
@@ -179,11 +176,11 @@ impl App {
                 config.max_metadata_bytes,
                 &metrics,
             ),
-            store: store.clone(),
-            checkpointer: checkpointer.clone(),
-            metrics: metrics.clone(),
+            store,
+            checkpointer,
+            metrics,
             owner,
-            events: events.clone(),
+            events,
             settings: StreamSettings::from_config(&config),
             accept: CancellationToken::new(),
             interrupt: CancellationToken::new(),
@@ -201,11 +198,7 @@ impl App {
             config,
             listener,
             admin_listener,
-            metrics,
             health,
-            store,
-            events,
-            checkpointer,
             ctx,
             proxy,
             deliver,
@@ -217,47 +210,32 @@ impl App {
 
     /// Starts every part; returns the shutdown that stops them in order.
     fn spawn(self) -> Shutdown {
-        let App {
-            config,
-            listener,
-            admin_listener,
-            metrics,
-            health,
-            store,
-            events,
-            checkpointer,
-            ctx,
-            proxy,
-            deliver,
-            consumer,
-            background,
-            connections,
-        } = self;
+        let (ctx, config, background) = (self.ctx, self.config, self.background);
         tokio::spawn(admin::serve(
-            admin_listener,
-            metrics,
-            health.clone(),
+            self.admin_listener,
+            ctx.metrics.clone(),
+            self.health.clone(),
             background.clone(),
         ));
-        tokio::spawn(checkpointer.run(background.clone()));
-        tokio::spawn(store.watch_redis(background.clone()));
-        events.spawn_drainer(background.clone());
-        if let (false, Some(sink)) = (deliver.is_empty(), config.resume_sink.clone()) {
+        tokio::spawn(ctx.checkpointer.clone().run(background.clone()));
+        tokio::spawn(ctx.store.clone().watch_redis(background.clone()));
+        ctx.events.spawn_drainer(background.clone());
+        if let (false, Some(sink)) = (self.deliver.is_empty(), config.resume_sink.clone()) {
             tokio::spawn(handoff::consumer::consume(
-                events.clone(),
+                ctx.events.clone(),
                 ctx.clone(),
-                deliver,
+                self.deliver,
                 sink,
-                consumer.clone(),
+                self.consumer.clone(),
             ));
         }
         tokio::spawn(server::serve(
-            listener,
-            proxy,
+            self.listener,
+            self.proxy,
             ctx.accept.clone(),
-            connections.clone(),
+            self.connections.clone(),
         ));
-        health
+        self.health
             .serving
             .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
@@ -270,14 +248,14 @@ impl App {
             "reprise-sidecar ready"
         );
         Shutdown {
-            health,
+            health: self.health,
             accept: ctx.accept.clone(),
             drain_period: config.drain_period,
-            consumer,
+            consumer: self.consumer,
             interrupt: ctx.interrupt.clone(),
             streams: ctx.tracker.clone(),
-            connections,
-            events,
+            connections: self.connections,
+            events: ctx.events.clone(),
             background,
             timeout: config.shutdown_timeout,
         }

@@ -411,12 +411,7 @@ impl Parser<'_> {
         self.checked(
             "amqp_url",
             url,
-            |u| {
-                reprise_jobs::BusConfig::check_url(u).map_err(|e| match e {
-                    reprise_jobs::BusError::InvalidUrl { problem, .. } => problem,
-                    other => other.to_string(),
-                })
-            },
+            reprise_jobs::BusConfig::check_url,
             "amqp://USER:PASS@HOST:5672/VHOST",
         )
     }

@@ -289,14 +289,20 @@ impl Filter {
     #[cold]
     fn unreadable(&self, e: grpc::FrameError) -> Unusable {
         if let grpc::FrameError::TooLarge { .. } = e {
-            self.counters.oversized.inc();
-            return Unusable {
-                code: grpc::code::RESOURCE_EXHAUSTED,
-                message: format!("upstream message {}: {e}", self.messages + 1),
-            };
+            return self.oversized(e);
         }
         self.counters.malformed.inc();
         Unusable::internal(format!("upstream sent an unreadable message: {e}"))
+    }
+
+    /// The next message is over `max_message_bytes` (framed, or once gunzipped); counted.
+    #[cold]
+    fn oversized(&self, e: impl std::fmt::Display) -> Unusable {
+        self.counters.oversized.inc();
+        Unusable {
+            code: grpc::code::RESOURCE_EXHAUSTED,
+            message: format!("upstream message {}: {e}", self.messages + 1),
+        }
     }
 
     /// Makes the last kept message's offset, if it is only a place in `buf`, `self.last`.
@@ -347,13 +353,7 @@ impl Filter {
         }
         match grpc::gunzip(payload, max) {
             Ok(plain) => Ok(grpc::frame(&plain)),
-            Err(e @ grpc::GunzipError::TooLarge { .. }) => {
-                self.counters.oversized.inc();
-                Err(Unusable {
-                    code: grpc::code::RESOURCE_EXHAUSTED,
-                    message: format!("upstream message {}: {e}", self.messages + 1),
-                })
-            }
+            Err(e @ grpc::GunzipError::TooLarge { .. }) => Err(self.oversized(e)),
             Err(e) => {
                 self.counters.malformed.inc();
                 Err(Unusable::internal(format!(

@@ -27,9 +27,15 @@ pub struct BusConfig {
 
 impl BusConfig {
     /// Checks `url` as [`EventBus::start`](crate::EventBus::start) will parse it, without any
-    /// I/O, so a binary can refuse a bad URL while it validates its configuration.
-    pub fn check_url(url: &str) -> Result<(), super::BusError> {
-        super::shared::parse_url(url).map(drop)
+    /// I/O, so a binary can refuse a bad URL while it validates its configuration. The error is
+    /// the problem alone, the password masked (as [`RedisStore::check_url`](crate::RedisStore::check_url)).
+    pub fn check_url(url: &str) -> Result<(), String> {
+        super::shared::parse_url(url)
+            .map(drop)
+            .map_err(|e| match e {
+                super::BusError::InvalidUrl { problem, .. } => problem,
+                other => other.to_string(),
+            })
     }
 
     pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {

@@ -110,9 +110,7 @@ pub async fn handle(
     }
     match Task::prepare(ctx, method, req).await {
         Ok((task, head)) => {
-            let span =
-                tracing::info_span!("stream", job.id = %task.job_id, method = %task.method.name);
-            task.ctx.tracker.clone().spawn(task.run().instrument(span));
+            task.spawn();
             head.await.unwrap_or_else(|_| {
                 grpc::trailers_only(
                     code::INTERNAL,
