@@ -5,17 +5,15 @@
 //! Absence of a signal is never proven by waiting: a later change that does signal (a
 //! "sentinel") must arrive first, and one watch delivers events in order.
 
-mod support;
-
 use std::time::Duration;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
+use reprise_kube_fake::{FakeApiServer, pods::*};
 use reprise_recoverer::{
     pods::DeathReason,
     watch::{PodSignal, PodWatch, PodWatchConfig},
 };
-use support::{apiserver::FakeApiServer, pods::*};
 use tokio_util::sync::CancellationToken;
 
 const NS: &str = "apps";
@@ -161,6 +159,37 @@ async fn oom_killed_sidecar_is_a_container_kill() {
         h.watch.store().get(NS, "web-1").is_some(),
         "the pod itself lives on"
     );
+}
+
+/// What a script writes through `reprise-fake-apiserver` (its README's example), as the kubelet
+/// does: a merge patch of the status with the whole `containerStatuses` list, the sidecar
+/// terminated with `OOMKilled`, 137.
+#[tokio::test]
+async fn oom_killed_merge_patched_into_the_status_is_a_container_kill() {
+    let mut h = start(vec![injected_pod(NS, "web-1")]).await;
+    let api: kube::Api<Pod> = kube::Api::namespaced(h.server.client(), NS);
+    let patch = serde_json::json!({ "status": { "containerStatuses": [
+        { "name": APP, "image": "demo/users-client:1", "imageID": "", "ready": true,
+          "restartCount": 0, "state": { "running": { "startedAt": "2026-11-24T10:00:03Z" } } },
+        { "name": SIDECAR, "image": "reprise/sidecar:1", "imageID": "", "ready": false,
+          "started": false, "restartCount": 0,
+          "state": { "terminated": { "exitCode": 137, "reason": "OOMKilled",
+              "startedAt": "2026-11-24T10:00:03Z", "finishedAt": "2026-11-24T10:05:10Z" } } }
+    ] } });
+    api.patch_status(
+        "web-1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("status patched");
+
+    let PodSignal::ContainerKilled { pod, kill, .. } = h.next().await else {
+        panic!("expected a container kill");
+    };
+    assert_eq!(pod, "web-1");
+    assert_eq!(kill.reason, DeathReason::OomKilled);
+    assert_eq!(kill.finished_at, Some(time("2026-11-24T10:05:10Z")));
 }
 
 #[tokio::test]

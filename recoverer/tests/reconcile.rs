@@ -10,17 +10,17 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Pod;
 use reprise_jobs::{Checkpoint, JobStatus, JobStore as _, Owner, RedisStore, Write};
+use reprise_kube_fake::{
+    FakeApiServer,
+    pods::{injected_pod, sidecar_restarted, terminated},
+};
 use reprise_recoverer::{
     admin::Metrics,
     config::Config,
     kube_view,
     reconcile::{Reconciler, Signal},
 };
-use support::{
-    apiserver::FakeApiServer,
-    jobs::{Prefix, new_job, record},
-    pods::{injected_pod, sidecar_restarted, terminated},
-};
+use support::jobs::{Prefix, new_job, record};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

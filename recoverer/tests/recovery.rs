@@ -2,15 +2,12 @@
 //! handoff happens; the recoverer finds the dead owner (here through its lease: no Kubernetes)
 //! and orphans the job; pod B resumes it from the last checkpoint.
 
-#[path = "support/apiserver.rs"]
-mod apiserver;
-#[path = "support/pods.rs"]
-mod kube_pods;
 #[path = "../../sidecar/tests/support/mod.rs"]
 mod support;
 
 use std::{process::Command, time::Duration};
 
+use reprise_kube_fake::{FakeApiServer, pods as kube_pods};
 use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -165,7 +162,7 @@ fn sigkill_reported_as_oomkilled_by_kubernetes_orphans_at_once_and_b_resumes() {
     let mut w = World::new();
     w.amqp = true;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let api = rt.block_on(apiserver::FakeApiServer::start());
+    let api = rt.block_on(FakeApiServer::start());
     api.add(kube_pods::injected_pod("demo", "pod-a"));
     api.add(kube_pods::injected_pod("demo", "pod-b"));
     let kubeconfig = api.write_kubeconfig(w.path());

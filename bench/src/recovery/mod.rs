@@ -13,11 +13,7 @@
 //! Every run checks the delivery (`check.rs`): at least once, never a loss; a run that lost a
 //! message fails the bench (exit 1). The run's Redis keys and RabbitMQ objects go last.
 
-#[path = "../../../recoverer/tests/support/apiserver.rs"]
-mod apiserver;
 mod check;
-#[path = "../../../recoverer/tests/support/pods.rs"]
-mod kube_pods;
 mod report;
 mod run;
 mod store;

@@ -8,10 +8,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use reprise_kube_fake::pods as kube_pods;
 use serde::Serialize;
 
 use super::{
-    Via, check, kube_pods,
+    Via, check,
     store::JobFields,
     world::{self, DELAY_US, KILL_AFTER, NAMESPACE, USERS},
 };

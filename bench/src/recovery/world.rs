@@ -7,7 +7,8 @@ use std::{
     process::Command,
 };
 
-use super::{apiserver::FakeApiServer, kube_pods};
+use reprise_kube_fake::{FakeApiServer, pods as kube_pods};
+
 use crate::{
     fleet::{POD_A, POD_B, Shared, wait_for},
     procs::{Proc, START_TIMEOUT, free_port, quote, shipped_bin},

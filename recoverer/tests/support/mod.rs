@@ -1,6 +1,4 @@
-//! Shared test support for the recoverer: a fake Kubernetes API server speaking the real
-//! list/watch protocol, Pods shaped like the kubelet's, and jobs on the real Redis.
+//! Shared test support for the recoverer: jobs on the real Redis. The fake Kubernetes API
+//! server and the pods shaped like the kubelet's are the `reprise-kube-fake` crate.
 
-pub mod apiserver;
 pub mod jobs;
-pub mod pods;

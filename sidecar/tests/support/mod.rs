@@ -37,6 +37,91 @@ pub fn python_users(port: u16) -> Command {
     cmd
 }
 
+/// The demo apps in other languages than Rust, each an unmodified gRPC app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Go,
+    Node,
+    Python,
+    Rust,
+}
+
+impl Lang {
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::Go => "go",
+            Lang::Node => "node",
+            Lang::Python => "python",
+            Lang::Rust => "rust",
+        }
+    }
+
+    /// This language's demo client, `users` against `127.0.0.1:{port}`; the caller adds the
+    /// `users` flags (every client takes the same ones and prints the same summary line).
+    pub fn users_client(self, port: u16) -> Command {
+        let target = format!("127.0.0.1:{port}");
+        match self {
+            Lang::Go => {
+                let mut cmd = Command::new(go_bin("service-b"));
+                cmd.args(["--target", &target, "users"]);
+                cmd
+            }
+            Lang::Node => {
+                let dir = node_app_dir();
+                let mut cmd =
+                    Command::new(std::env::var_os("REPRISE_NODE").unwrap_or("node".into()));
+                cmd.arg(dir.join("demo_client.js"))
+                    .args(["users", "--target", &target]);
+                cmd
+            }
+            Lang::Python => python_users(port),
+            Lang::Rust => {
+                let mut cmd = Command::new(bin("demo-client"));
+                cmd.args(["--target", &format!("http://{target}"), "users"]);
+                cmd
+            }
+        }
+    }
+
+    /// This language's demo server (`UserService` with the demo-server's flags) on `port`.
+    /// Only Go and Rust have one.
+    pub fn server(self, port: u16) -> Command {
+        let mut cmd = match self {
+            Lang::Go => Command::new(go_bin("service-a")),
+            Lang::Rust => Command::new(bin("demo-server")),
+            other => panic!("no {} demo server", other.name()),
+        };
+        cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        cmd
+    }
+}
+
+/// A binary of the Go demo apps (`scripts/demo-apps go` builds them into target/demo-go/bin;
+/// `REPRISE_GO_BIN` names another directory).
+pub fn go_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("REPRISE_GO_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/demo-go/bin"));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the Go demo apps first (`scripts/demo-apps go`, as scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The Node demo app's directory, its packages installed (`scripts/demo-apps node`).
+pub fn node_app_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/demo-apps/node");
+    assert!(
+        dir.join("node_modules/@grpc/grpc-js").exists(),
+        "{}/node_modules is missing: install the Node demo app's packages first (`scripts/demo-apps node`, as scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
 /// A built binary of the workspace (the test binary lives in target/<profile>/deps).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

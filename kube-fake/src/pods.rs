@@ -2,9 +2,8 @@
 //! app container and the sidecar, and the status changes the kubelet, the eviction manager and
 //! the node controller write when things go wrong.
 //!
-//! Use from another test file: `#[path = "support/pods.rs"] mod pods;`.
-
-#![allow(dead_code)]
+//! The builders panic on what they cannot build (a pod without a sidecar container status, a
+//! timestamp that is not RFC 3339): their input is the caller's code, not the outside world.
 
 use std::collections::BTreeMap;
 
