@@ -587,6 +587,22 @@ impl World {
     }
 }
 
+/// A demo client's summary of a call that got exactly `received` keys: OK, every count 0.
+pub fn assert_summary_exact(summary: &serde_json::Value, received: u64) {
+    assert_eq!(summary["ok"], true, "client summary: {summary}");
+    assert_eq!(summary["status"], "OK", "client summary: {summary}");
+    assert_eq!(summary["received"], received, "client summary: {summary}");
+    for count in [
+        "duplicates",
+        "out_of_order",
+        "missing",
+        "unexpected",
+        "corrupt",
+    ] {
+        assert_eq!(summary[count], 0, "{count}; client summary: {summary}");
+    }
+}
+
 /// The demo's admin users in stream order: what `users --role admin` must deliver.
 pub fn admin_ids(users: usize) -> Vec<String> {
     reprise_demo::users::demo_users(users)
