@@ -16,6 +16,7 @@ mod procs;
 mod recovery;
 mod report;
 mod rig;
+mod soak;
 mod timing;
 
 use std::{
@@ -127,8 +128,15 @@ const EVENT_BYTES: usize = 100;
 const WARMUP_DIVISOR: u64 = 20;
 
 fn main() -> ExitCode {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "recovery") {
-        return recovery::main();
+    match std::env::args_os()
+        .nth(1)
+        .as_deref()
+        .and_then(|a| a.to_str())
+    {
+        Some("recovery") => return recovery::main(),
+        Some("soak") => return soak::main(),
+        Some("soak-app") => return soak::app::main(),
+        _ => {}
     }
     let args = Args::parse();
     match run(&args) {

@@ -50,7 +50,7 @@ impl Proc {
         self.signal(Signal::KILL, "SIGKILL")
     }
 
-    fn signal(&self, signal: Signal, name: &str) -> anyhow::Result<()> {
+    pub fn signal(&self, signal: Signal, name: &str) -> anyhow::Result<()> {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, signal)
             .with_context(|| format!("{name} to {} ({})", self.name, self.pid()))

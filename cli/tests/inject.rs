@@ -1,6 +1,7 @@
-//! `reprise inject` as a user runs it: k8s/example's annotated app becomes the hand-written
-//! manifests of k8s/example/injected, an invalid annotation exits 2 naming it, stdin works, unchanged input is
-//! written back byte for byte.
+//! `reprise inject` as a user runs it: k8s/example's annotated apps become the manifests of
+//! k8s/example/injected (hand-written for users-client, generated for the Go client), an
+//! invalid annotation exits 2 naming it, stdin works, unchanged input is written back byte for
+//! byte.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,37 @@ fn annotated_example_becomes_the_hand_written_manifests() {
     assert!(
         stderr.contains("Deployment demo/users-client: injected"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn go_client_example_becomes_its_generated_manifest() {
+    // The Go client's pod (the talk's service B) asks with annotations only, and injection
+    // makes exactly injected/users-client-go.yaml of it, the reprise.dev/* annotations kept.
+    let annotated = std::fs::read_to_string(example("users-client-go.yaml")).expect("read it");
+    for d in deployments(&annotated) {
+        let pod = d.spec.template.spec.expect("a pod spec");
+        let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["app"]);
+        assert!(pod.init_containers.is_none() && pod.volumes.is_none());
+    }
+    let out = reprise(&["inject", "-"], Some(&annotated));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = deployments(&String::from_utf8_lossy(&out.stdout));
+    let golden = std::fs::read_to_string(example("injected/users-client-go.yaml"))
+        .expect("read the golden manifest");
+    let want = deployments(&golden);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got, want);
+    let pod = got[0].spec.template.spec.as_ref().expect("a pod spec");
+    let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["app", "reprise-sidecar"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Deployment demo/users-client-go: injected")
     );
 }
 

@@ -4,11 +4,9 @@
 //! `on_app_cancel: resume` keeps the old behaviour. Driven by the unmodified Python grpcio
 //! client, whose deadline both sends `grpc-timeout` and cancels the stream when it fires.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const USERS: usize = 20_000;
 const LONG: Duration = Duration::from_secs(120);

@@ -1,9 +1,7 @@
 //! An upstream that breaks the contract: nothing is dropped silently. Out-of-order messages are
 //! dropped and counted; a message without its offset ends the call and fails the job.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[test]
 fn out_of_order_messages_are_dropped_and_counted_never_silently() {

@@ -1,11 +1,9 @@
 //! Start-up: bad configuration exits 2 naming the key and the valid choices; `--check`
 //! validates without serving; `descriptors: reflection` fetches from the upstream.
 
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 fn run(w: &World, config: &str, extra: &[&str]) -> (i32, String) {
     let path = w.path().join(format!("c-{}.yaml", unique()));

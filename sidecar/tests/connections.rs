@@ -2,11 +2,9 @@
 //! each call on the one with the fewest in flight; with the default, all share one. And the
 //! app's side: silent connections are closed, open ones bounded, accept errors paced.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// Established TCP connections to `port` on this host, as the kernel lists them (both ends of a
 /// loopback connection are listed; this counts the ends whose remote port is `port`).

@@ -1,11 +1,9 @@
 //! `resume: deliver` over a real RabbitMQ: the pod that receives the handoff event claims the
 //! job, resumes the upstream stream itself and delivers the rest to its app's ResumeSink.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 

@@ -1,11 +1,9 @@
 //! SIGTERM: the sidecar interrupts its streams in order, saves offsets, and the job continues
 //! on another pod of the same service.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 

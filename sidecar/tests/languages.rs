@@ -5,11 +5,9 @@
 //! to a server that crashes mid-stream gets an error and a partial result, so the exact stream
 //! above is the sidecar's work, not the client's.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const USERS: usize = 6000;
 const KILLS: usize = 3;

@@ -1,16 +1,14 @@
 //! Every call that is not resumable passes through unchanged: unary, bidi, metadata, trailers,
 //! error statuses with details. And `grpc-timeout` is honoured across a resumable call's resumes.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use prost::Message;
 use reprise_proto::demo::v1::ListUsersRequest;
-use support::*;
 
 /// Runs a demo-client command directly against the server and through the sidecar.
 fn both(w: &World, args: &[&str]) -> (serde_json::Value, serde_json::Value) {

@@ -1,11 +1,9 @@
 //! An unmodified Python grpcio app behind the sidecar: no Reprise code in the app, and the
 //! upstream is SIGKILLed mid-stream.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn grpcio_client_sees_one_exact_stream_across_upstream_kills() {

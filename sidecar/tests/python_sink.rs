@@ -2,15 +2,13 @@
 //! job over and delivers the rest to `examples/demo-apps/python/resume_sink.py`, which shows
 //! that any language can implement `reprise.v1.ResumeSink` in a few lines.
 
-mod support;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
 
-use support::*;
+use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 

@@ -6,12 +6,10 @@
 //!
 //! Each test runs its own `redis-server` on a free port, so it can kill and flush it.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 const N: u64 = 20_000;

@@ -1,11 +1,9 @@
 //! The app or the sidecar dies mid-stream: the job waits `interrupted` in Redis and the app's
 //! identical request resumes it from the stored offset. Also: Redis unreachable.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 

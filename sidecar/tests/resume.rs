@@ -1,12 +1,10 @@
 //! The upstream breaks while the sidecar lives: the app must see one stream, every message
 //! exactly once, in order. Real processes, real SIGKILL, real Redis.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use reprise_demo::users::demo_users;
-use support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 

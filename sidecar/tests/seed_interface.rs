@@ -8,11 +8,9 @@
 //! - a ledger of signed positions crossing 0, resumed through the proto3 `optional`
 //!   `after_position` ("strictly after", so "after 0" is not "from the start").
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 

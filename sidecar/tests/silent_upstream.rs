@@ -3,10 +3,9 @@
 //! answers a health probe on the same connection), as a server that holds its headers back
 //! until its first message does.
 
-mod support;
-
 use std::{convert::Infallible, io::Read, net::TcpListener, time::Duration};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -14,7 +13,6 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use reprise_proto::demo::v1::User;
-use support::*;
 
 fn streams_with_outage(outage: &str) -> String {
     format!(

@@ -1,11 +1,9 @@
 //! Volume: a stream of 1,000,000 small messages through the sidecar (the h2 small-frame
 //! pitfall, RUSTSEC-2026-0258), and a slow app whose stream the sidecar must not buffer.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn a_million_small_messages_arrive_exactly_once() {

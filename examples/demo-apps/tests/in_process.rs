@@ -540,3 +540,81 @@ async fn health_and_reflection_are_served() {
         assert!(names.contains(name), "{name} missing from {names:?}");
     }
 }
+
+/// `--faults-on-signal`'s two faults, raised as its signal handlers raise them: the streams in
+/// flight end with UNAVAILABLE, or are reset (RST_STREAM); a stream that starts afterwards is
+/// untouched.
+#[tokio::test]
+async fn injected_unavailable_and_reset_break_only_the_streams_in_flight() {
+    use reprise_proto::demo::v1::{StreamEventsRequest, event_service_client::EventServiceClient};
+    let faults = std::sync::Arc::new(reprise_demo::server::faults::SignalFaults::default());
+    let server = InProcess::start(Config {
+        delay: Duration::from_millis(2),
+        faults: std::sync::Arc::clone(&faults),
+        ..config(10)
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let request = |topic: &str| StreamEventsRequest {
+        start: None,
+        topic: topic.to_owned(),
+        count: 100_000,
+        payload_bytes: 10,
+    };
+    for (inject, code, words) in [
+        (
+            (|f: &reprise_demo::server::faults::SignalFaults| f.inject_unavailable())
+                as fn(&reprise_demo::server::faults::SignalFaults),
+            tonic::Code::Unavailable,
+            "injected fault (SIGUSR1)",
+        ),
+        (
+            |f: &reprise_demo::server::faults::SignalFaults| f.inject_reset(),
+            tonic::Code::Internal,
+            // hyper's account of the RST_STREAM the server sent.
+            "INTERNAL_ERROR, Remote",
+        ),
+    ] {
+        let mut client = EventServiceClient::new(channel.clone());
+        let mut stream = client
+            .stream_events(request("t"))
+            .await
+            .expect("stream starts")
+            .into_inner();
+        for _ in 0..5 {
+            stream
+                .message()
+                .await
+                .expect("a message")
+                .expect("not the end");
+        }
+        inject(&faults);
+        let err = loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended OK"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(format!("{err:?}").contains(words), "{err:?}");
+        // A stream that begins after the fault streams on.
+        let mut later = client
+            .stream_events(request("u"))
+            .await
+            .expect("stream starts")
+            .into_inner();
+        for _ in 0..20 {
+            later
+                .message()
+                .await
+                .expect("a message")
+                .expect("not the end");
+        }
+    }
+    server.shutdown.cancel();
+}

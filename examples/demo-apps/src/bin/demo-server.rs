@@ -5,6 +5,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -55,6 +56,11 @@ struct Args {
     /// On SIGTERM/SIGINT, how long connections get to close before the process exits anyway.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Inject faults on signals: SIGUSR1 ends every stream in flight with UNAVAILABLE, SIGUSR2
+    /// resets every response in flight (RST_STREAM). Without this flag both signals keep
+    /// their default action (the process ends).
+    #[arg(long)]
+    faults_on_signal: bool,
 }
 
 #[tokio::main]
@@ -90,7 +96,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         unavailable_after: args.unavailable_after,
         panic_on: args.panic_on.into_iter().collect::<HashSet<_>>(),
         metadata_bytes: args.metadata_bytes,
+        faults: Arc::default(),
     };
+    if args.faults_on_signal {
+        let mut usr1 =
+            signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+        let mut usr2 =
+            signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+        let faults = Arc::clone(&config.faults);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = usr1.recv() => faults.inject_unavailable(),
+                    Some(()) = usr2.recv() => faults.inject_reset(),
+                    else => break,
+                }
+            }
+        });
+    }
     server::quiet_injected_panics();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 

@@ -4,6 +4,7 @@
 
 mod echo;
 mod events;
+pub mod faults;
 mod ledger;
 mod seed;
 mod stream;
@@ -52,6 +53,8 @@ pub struct Config {
     /// Adds an `x-pad` entry of this many bytes to every GetUser response's metadata (large
     /// headers).
     pub metadata_bytes: usize,
+    /// Faults injected while serving (the binary's `--faults-on-signal` raises them).
+    pub faults: Arc<faults::SignalFaults>,
 }
 
 /// The most metadata the demo apps accept in one header block: grpc-go's default.
@@ -78,6 +81,7 @@ pub async fn serve(
         config.exit_after,
         config.unavailable_after,
         shutdown.clone(),
+        Arc::clone(&config.faults),
     ));
     let user_api = users::UserApi::new(
         demo_users(config.users),
@@ -133,8 +137,14 @@ pub async fn serve(
     // Small messages one at a time (chat, paced streams) must not wait for Nagle.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     echo::pad_with(config.metadata_bytes);
+    let resets = Arc::clone(&config.faults);
     Server::builder()
         .http2_max_header_list_size(MAX_METADATA_BYTES)
+        .layer(tower::util::MapResponseLayer::new(
+            move |res: tonic::codegen::http::Response<tonic::body::Body>| {
+                res.map(|body| faults::ResettableBody::wrap(body, Arc::clone(&resets)))
+            },
+        ))
         .add_service(UserServiceServer::new(user_api))
         .add_service(EventServiceServer::new(event_api))
         .add_service(LedgerServiceServer::new(ledger_api))

@@ -13,6 +13,7 @@ use tonic::{Code, Status};
 use tracing::{error, info};
 
 use super::echo;
+use super::faults::SignalFaults;
 
 /// How long an `--exit-after` exit waits so the connection tasks can write what the streams
 /// already produced: a client that keeps up then has all N messages.
@@ -29,6 +30,7 @@ pub(crate) struct Streams {
     unavailable_after: Option<u64>,
     sent_total: AtomicU64,
     shutdown: CancellationToken,
+    faults: Arc<SignalFaults>,
 }
 
 struct State<I> {
@@ -37,6 +39,8 @@ struct State<I> {
     method: &'static str,
     echo: MetadataMap,
     streams: Arc<Streams>,
+    /// The SIGUSR1 count when the stream began.
+    unavailable_epoch: u64,
 }
 
 impl Streams {
@@ -45,6 +49,7 @@ impl Streams {
         exit_after: Option<u64>,
         unavailable_after: Option<u64>,
         shutdown: CancellationToken,
+        faults: Arc<SignalFaults>,
     ) -> Self {
         Self {
             delay,
@@ -52,6 +57,7 @@ impl Streams {
             unavailable_after,
             sent_total: AtomicU64::new(0),
             shutdown,
+            faults,
         }
     }
 
@@ -74,6 +80,7 @@ impl Streams {
             method,
             echo,
             streams: Arc::clone(self),
+            unavailable_epoch: self.faults.unavailable_epoch(),
         };
         stream::unfold(Some(state), |state| async move {
             let mut state = state?;
@@ -89,6 +96,16 @@ impl Streams {
             let item = state.items.next()?;
             if streams.shutdown.is_cancelled() {
                 let status = echo::status(Code::Unavailable, "server shutting down", &state.echo);
+                return Some((Err(status), None));
+            }
+            if streams.faults.unavailable_epoch() != state.unavailable_epoch {
+                info!(
+                    method = state.method,
+                    sent = state.sent,
+                    "injecting UNAVAILABLE (SIGUSR1)"
+                );
+                let status =
+                    echo::status(Code::Unavailable, "injected fault (SIGUSR1)", &state.echo);
                 return Some((Err(status), None));
             }
             if let Some(limit) = streams.unavailable_after.filter(|&l| state.sent >= l) {

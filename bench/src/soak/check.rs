@@ -1,0 +1,393 @@
+//! The soak's independent checker. It knows the upstream's deterministic data (event `seq` of a
+//! job carries `PayloadPattern(payload_bytes).for_seq(seq)`, seqs 1..=count), the apps' plans
+//! and record files, and the journal of the faults the soak injected; nothing of the sidecar's
+//! metrics or of Redis. Per job it counts what was lost, out of order, corrupted and delivered
+//! twice, and for every run of duplicates names the fault that explains it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use reprise_demo::events::PayloadPattern;
+use serde::{Deserialize, Serialize};
+
+use super::app::{Job, fnv1a};
+
+/// One injected fault, as the journal holds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fault {
+    /// Unix milliseconds when it was injected.
+    pub ms: u64,
+    pub kind: String,
+    /// The process or link it hit.
+    pub target: String,
+    /// The pods whose streams it can touch.
+    pub pods: Vec<String>,
+    /// Milliseconds it lasted (0 for a signal).
+    #[serde(default)]
+    pub lasted_ms: u64,
+}
+
+impl Fault {
+    /// Faults after which a stream may be delivered again from its last checkpoint.
+    pub fn allows_duplicates(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "sidecar_sigkill" | "app_sigkill" | "redis_sigkill"
+        )
+    }
+}
+
+/// One received message, as a record line says.
+#[derive(Clone, Debug)]
+struct Receipt {
+    pod: String,
+    receiver: String,
+    seq: u64,
+    hash: u64,
+    ms: u64,
+}
+
+/// A run of messages delivered again.
+#[derive(Clone, Debug, Serialize)]
+pub struct DupRun {
+    pub topic: String,
+    pub messages: u64,
+    /// How long the first delivery of these messages took, in milliseconds.
+    pub window_ms: u64,
+    /// The fault that explains it, or None.
+    pub cause: Option<String>,
+}
+
+/// What the checker found.
+#[derive(Debug, Default, Serialize)]
+pub struct Verdict {
+    pub jobs: usize,
+    pub jobs_complete: usize,
+    pub messages: u64,
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub corrupt: u64,
+    pub duplicates: u64,
+    pub dup_runs: Vec<DupRun>,
+    pub unexplained_duplicates: u64,
+    pub max_dup_window_messages: u64,
+    pub max_dup_window_ms: u64,
+    /// Per fault kind: the milliseconds from the fault to the next new message of each job it
+    /// touched.
+    pub gaps_ms: BTreeMap<String, Vec<u64>>,
+    /// One line per problem, for the report.
+    pub problems: Vec<String>,
+}
+
+impl Verdict {
+    pub fn clean(&self) -> bool {
+        self.lost == 0
+            && self.out_of_order == 0
+            && self.corrupt == 0
+            && self.unexplained_duplicates == 0
+            && self.problems.is_empty()
+    }
+}
+
+/// How far back a duplicate's cause may lie: a resume after a sidecar kill waits for the lease
+/// (the soak's `lease_ttl`) and the recoverer's reconcile, a few seconds.
+const CAUSE_HORIZON_MS: u64 = 60_000;
+
+/// Checks the jobs of `plans` (pod → its jobs) against the record files under each pod's
+/// directory `dirs[pod]/rec`.
+pub fn check(
+    plans: &BTreeMap<String, Vec<Job>>,
+    dirs: &BTreeMap<String, std::path::PathBuf>,
+    started: &BTreeSet<String>,
+    faults: &[Fault],
+) -> Verdict {
+    let mut v = Verdict::default();
+    let receipts = read_receipts(dirs, &mut v);
+    for (pod, jobs) in plans {
+        for job in jobs {
+            if !started.contains(&job.topic) {
+                continue;
+            }
+            v.jobs += 1;
+            let got = receipts.get(&job.topic).map_or(&[][..], Vec::as_slice);
+            check_job(pod, job, got, faults, &mut v);
+        }
+    }
+    v
+}
+
+fn read_receipts(
+    dirs: &BTreeMap<String, std::path::PathBuf>,
+    v: &mut Verdict,
+) -> BTreeMap<String, Vec<Receipt>> {
+    let mut out: BTreeMap<String, Vec<Receipt>> = BTreeMap::new();
+    for (pod, dir) in dirs {
+        let Ok(entries) = std::fs::read_dir(dir.join("rec")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(topic) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for (n, line) in text.lines().enumerate() {
+                match parse_line(pod, line) {
+                    Some(r) => out.entry(topic.clone()).or_default().push(r),
+                    // A SIGKILL can cut the last line of a file short: only that one may be.
+                    None if n + 1 == text.lines().count() && !text.ends_with('\n') => {}
+                    None => v.problems.push(format!(
+                        "{}: unreadable line {}: `{line}`",
+                        path.display(),
+                        n + 1
+                    )),
+                }
+            }
+        }
+    }
+    out
+}
+
+fn parse_line(pod: &str, line: &str) -> Option<Receipt> {
+    let mut f = line.split(' ');
+    let r = Receipt {
+        pod: pod.to_owned(),
+        receiver: f.next()?.to_owned(),
+        seq: f.next()?.parse().ok()?,
+        hash: u64::from_str_radix(f.next()?, 16).ok()?,
+        ms: f.next()?.parse().ok()?,
+    };
+    f.next().is_none().then_some(r)
+}
+
+fn check_job(pod: &str, job: &Job, got: &[Receipt], faults: &[Fault], v: &mut Verdict) {
+    let pattern = PayloadPattern::new(job.payload_bytes as usize);
+    // Receivers (calls and deliveries) in the order they began.
+    let mut receivers: Vec<(String, String)> = Vec::new();
+    let mut by_receiver: BTreeMap<(String, String), Vec<&Receipt>> = BTreeMap::new();
+    for r in got {
+        let key = (r.pod.clone(), r.receiver.clone());
+        if !by_receiver.contains_key(&key) {
+            receivers.push(key.clone());
+        }
+        by_receiver.entry(key).or_default().push(r);
+    }
+    receivers.sort_by_key(|k| by_receiver[k].first().map_or(0, |r| r.ms));
+    let mut first_seen: BTreeMap<u64, u64> = BTreeMap::new();
+    for key in &receivers {
+        let rs = &by_receiver[key];
+        let mut last: Option<u64> = None;
+        let mut dup_seqs = Vec::new();
+        for r in rs {
+            v.messages += 1;
+            if r.seq == 0 || r.seq > job.count {
+                v.corrupt += 1;
+                v.problems.push(format!(
+                    "{}: seq {} outside 1..={}",
+                    job.topic, r.seq, job.count
+                ));
+                continue;
+            }
+            if r.hash != fnv1a(pattern.for_seq(r.seq)) {
+                v.corrupt += 1;
+                v.problems.push(format!(
+                    "{}: seq {} in {}/{} is not what the upstream sent",
+                    job.topic, r.seq, key.0, key.1
+                ));
+            }
+            match last {
+                Some(l) if r.seq <= l => {
+                    v.out_of_order += 1;
+                    v.problems.push(format!(
+                        "{}: seq {} after {l} in {}/{}",
+                        job.topic, r.seq, key.0, key.1
+                    ));
+                }
+                // A gap inside one receiver: the messages between were skipped (they may still
+                // have arrived elsewhere, so it counts as lost only if they never did).
+                _ => {}
+            }
+            last = Some(last.map_or(r.seq, |l| l.max(r.seq)));
+            match first_seen.entry(r.seq) {
+                std::collections::btree_map::Entry::Occupied(_) => dup_seqs.push(r.seq),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(r.ms);
+                }
+            }
+        }
+        if !dup_seqs.is_empty() {
+            let n = dup_seqs.len() as u64;
+            v.duplicates += n;
+            let times: Vec<u64> = dup_seqs
+                .iter()
+                .filter_map(|s| first_seen.get(s))
+                .copied()
+                .collect();
+            let window_ms = times.iter().max().unwrap_or(&0) - times.iter().min().unwrap_or(&0);
+            let began = rs.first().map_or(0, |r| r.ms);
+            let earlier_pods: BTreeSet<&str> = std::iter::once(pod)
+                .chain(receivers.iter().map(|k| k.0.as_str()))
+                .collect();
+            let cause = faults
+                .iter()
+                .rev()
+                .filter(|f| f.ms <= began && began - f.ms <= CAUSE_HORIZON_MS)
+                .filter(|f| f.allows_duplicates())
+                .find(|f| {
+                    f.kind == "redis_sigkill"
+                        || f.pods.iter().any(|p| earlier_pods.contains(p.as_str()))
+                })
+                .map(|f| format!("{} {} at {}", f.kind, f.target, f.ms));
+            if cause.is_none() {
+                v.unexplained_duplicates += n;
+                v.problems.push(format!(
+                    "{}: {n} message(s) delivered again in {}/{} with no fault to explain it",
+                    job.topic, key.0, key.1
+                ));
+            }
+            v.max_dup_window_messages = v.max_dup_window_messages.max(n);
+            v.max_dup_window_ms = v.max_dup_window_ms.max(window_ms);
+            v.dup_runs.push(DupRun {
+                topic: job.topic.clone(),
+                messages: n,
+                window_ms,
+                cause,
+            });
+        }
+    }
+    let lost = job.count - first_seen.len() as u64;
+    if lost > 0 {
+        v.lost += lost;
+        let missing: Vec<u64> = (1..=job.count)
+            .filter(|s| !first_seen.contains_key(s))
+            .take(5)
+            .collect();
+        v.problems.push(format!(
+            "{} (pod {pod}): {lost} of {} lost, first missing {missing:?}",
+            job.topic, job.count
+        ));
+    } else {
+        v.jobs_complete += 1;
+    }
+    // Resume gaps: from each fault that touched this job while it streamed to its next new
+    // message.
+    for f in faults {
+        let before: Vec<&u64> = first_seen.values().filter(|&&ms| ms <= f.ms).collect();
+        let active =
+            before.iter().any(|&&ms| f.ms - ms <= 1_000) && before.len() < job.count as usize;
+        let touches = f.kind.starts_with("redis")
+            || f.kind.starts_with("rabbitmq")
+            || f.pods
+                .iter()
+                .any(|p| p == pod || by_receiver.keys().any(|k| &k.0 == p));
+        if !active || !touches {
+            continue;
+        }
+        if let Some(next) = first_seen.values().filter(|&&ms| ms > f.ms).min() {
+            v.gaps_ms
+                .entry(f.kind.clone())
+                .or_default()
+                .push(next - f.ms);
+        }
+    }
+}
+
+/// Percentile `p` (0..=100) of `values`, nearest rank.
+pub fn percentile(values: &[u64], p: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(count: u64) -> Job {
+        Job {
+            topic: "t-1".into(),
+            count,
+            payload_bytes: 100,
+            slow_us: 0,
+        }
+    }
+
+    fn line(receiver: &str, seq: u64, ms: u64) -> String {
+        let hash = fnv1a(PayloadPattern::new(100).for_seq(seq));
+        format!("{receiver} {seq} {hash:016x} {ms}\n")
+    }
+
+    fn run(text: &str, faults: &[Fault]) -> Verdict {
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        std::fs::create_dir_all(dir.path().join("p0/rec")).expect("mkdir");
+        std::fs::write(dir.path().join("p0/rec/t-1.txt"), text).expect("write the record");
+        let plans = BTreeMap::from([("p0".to_owned(), vec![job(5)])]);
+        let dirs = BTreeMap::from([("p0".to_owned(), dir.path().join("p0"))]);
+        let started = BTreeSet::from(["t-1".to_owned()]);
+        check(&plans, &dirs, &started, faults)
+    }
+
+    #[test]
+    fn an_exact_job_is_clean() {
+        let text: String = (1..=5).map(|s| line("c0.0", s, 1000 + s)).collect();
+        let v = run(&text, &[]);
+        assert!(v.clean(), "{:?}", v.problems);
+        assert_eq!(
+            (v.messages, v.lost, v.duplicates, v.jobs_complete),
+            (5, 0, 0, 1)
+        );
+    }
+
+    #[test]
+    fn lost_disordered_corrupt_and_unexplained_are_found() {
+        let mut text: String = [1, 2, 4]
+            .iter()
+            .map(|&s| line("c0.0", s, 1000 + s))
+            .collect();
+        text.push_str(&line("c0.0", 3, 1010));
+        text.push_str("c0.0 5 0000000000000000 1011\n");
+        let v = run(&text, &[]);
+        assert_eq!(v.out_of_order, 1);
+        assert_eq!(v.corrupt, 1);
+        assert_eq!(v.lost, 0);
+        assert!(!v.clean());
+        let text: String = [1, 2, 3]
+            .iter()
+            .map(|&s| line("c0.0", s, 1000 + s))
+            .collect();
+        let v = run(&text, &[]);
+        assert_eq!(v.lost, 2);
+        let text: String = [1, 2, 3, 2, 3, 4, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| line(if i < 3 { "c0.0" } else { "c1.0" }, s, 1000 + i as u64 * 10))
+            .collect();
+        let v = run(&text, &[]);
+        assert_eq!((v.duplicates, v.unexplained_duplicates), (2, 2));
+        let kill = Fault {
+            ms: 1025,
+            kind: "app_sigkill".into(),
+            target: "app p0".into(),
+            pods: vec!["p0".into()],
+            lasted_ms: 0,
+        };
+        let v = run(&text, &[kill]);
+        assert!(v.clean(), "{:?}", v.problems);
+        assert_eq!(
+            (v.duplicates, v.max_dup_window_messages, v.max_dup_window_ms),
+            (2, 2, 10)
+        );
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_kill_is_not_a_problem_but_one_in_the_middle_is() {
+        let text: String = (1..=5).map(|s| line("c0.0", s, 1000 + s)).collect();
+        let v = run(&format!("{text}c1.0 3 00"), &[]);
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let v = run(&format!("c1.0 3 00\n{text}"), &[]);
+        assert_eq!(v.problems.len(), 1);
+    }
+}
