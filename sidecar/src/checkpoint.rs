@@ -18,6 +18,7 @@ use reprise_jobs::{Checkpoint, NewJob, Restore, Write};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    appwindow::{AppWindow, SendQueues},
     metrics::Metrics,
     offset::Offset,
     store::{Backend, Store},
@@ -30,6 +31,9 @@ pub struct Slot {
     pub job: NewJob,
     pub fence: u64,
     pub backend: Backend,
+    /// The app's connection, when the app's connection taking a chunk moves the checkpoint:
+    /// then a checkpoint stays behind what a sidecar killed now would not have delivered.
+    app: Option<Arc<AppWindow>>,
     state: Mutex<SlotState>,
     /// Set when a write was refused: another owner holds the job now.
     lost: AtomicBool,
@@ -43,6 +47,62 @@ struct SlotState {
     messages: u64,
     dirty: bool,
     last_write: Instant,
+    /// What the app's connection took, for [`Slot::consumed`].
+    handed: Handed,
+}
+
+/// Positions the app's connection took, spaced by bytes: enough to find one at least a given
+/// number of bytes behind the latest without keeping every message's offset.
+#[derive(Default)]
+struct Handed {
+    /// Bytes the app's connection has taken in this call.
+    bytes: u64,
+    /// The largest chunk: a gRPC library may open its window for one message larger than it.
+    largest: u64,
+    /// Where the call started (the job's resume point), and samples after it, oldest first:
+    /// (bytes taken through the sample, offset, messages).
+    start: (Option<Offset>, u64),
+    samples: std::collections::VecDeque<(u64, Offset, u64)>,
+}
+
+/// Samples at least this many bytes apart.
+const SAMPLE_SPACING: u64 = 16 * 1024;
+/// Samples kept at most; past it every other one goes (the spacing doubles).
+const MAX_SAMPLES: usize = 512;
+
+impl Handed {
+    fn take(&mut self, offset: &Offset, messages: u64, bytes: u64) {
+        self.bytes += bytes;
+        self.largest = self.largest.max(bytes);
+        let spaced = self
+            .samples
+            .back()
+            .is_none_or(|(at, _, _)| self.bytes >= at + SAMPLE_SPACING);
+        if spaced {
+            if self.samples.len() >= MAX_SAMPLES {
+                let mut i = 0;
+                self.samples.retain(|_| {
+                    i += 1;
+                    i % 2 == 0
+                });
+            }
+            self.samples
+                .push_back((self.bytes, offset.clone(), messages));
+        }
+    }
+
+    /// The latest position at least `behind` bytes before what was taken (the start if none).
+    fn behind(&self, behind: u64) -> (Option<Offset>, u64) {
+        let limit = self
+            .bytes
+            .saturating_sub(behind.saturating_add(self.largest));
+        self.samples
+            .iter()
+            .rev()
+            .find(|(at, _, _)| *at <= limit)
+            .map(|(_, offset, messages)| (Some(offset.clone()), *messages))
+            .unwrap_or_else(|| self.start.clone())
+    }
 }
 
 impl Slot {
@@ -52,6 +112,27 @@ impl Slot {
             s.messages = messages;
             s.dirty = true;
         }
+    }
+
+    /// The app's connection took a chunk that ends at `offset`, message `messages`: the
+    /// checkpoint moves there, and the chunk is remembered for [`Slot::consumed`].
+    pub fn handed(&self, offset: &Offset, messages: u64, bytes: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.offset = Some(offset.clone());
+            s.messages = messages;
+            s.dirty = true;
+            s.handed.take(offset, messages, bytes);
+        }
+    }
+
+    /// What an app that died surely read: the latest position its connection took at least
+    /// `unread` bytes (what its HTTP/2 stack may hold, `AppWindow::unread_bound`) plus the
+    /// largest chunk before the last one it took; the call's start if there is none.
+    pub fn consumed(&self, unread: u64) -> (Option<Offset>, u64) {
+        self.state
+            .lock()
+            .map(|s| s.handed.behind(unread))
+            .unwrap_or((None, 0))
     }
 
     /// The offset and count last recorded.
@@ -116,15 +197,20 @@ impl Checkpointer {
         job: NewJob,
         fence: u64,
         backend: Backend,
-        offset: Option<Offset>,
-        messages: u64,
+        (offset, messages): (Option<Offset>, u64),
+        app: Option<Arc<AppWindow>>,
     ) -> SlotGuard {
         let slot = Arc::new(Slot {
             job_id: job.job_id.clone(),
             job,
             fence,
             backend,
+            app,
             state: Mutex::new(SlotState {
+                handed: Handed {
+                    start: (offset.clone(), messages),
+                    ..Handed::default()
+                },
                 offset,
                 messages,
                 dirty: false,
@@ -165,6 +251,8 @@ impl Checkpointer {
             Ok(s) => s.values().cloned().collect(),
             Err(_) => return,
         };
+        // Read once per tick, and only when a stream to an app needs it.
+        let mut queues: Option<SendQueues> = None;
         for slot in slots {
             let Ok(mut s) = slot.state.lock() else {
                 continue;
@@ -174,11 +262,24 @@ impl Checkpointer {
             }
             s.dirty = false;
             s.last_write = now;
+            // A checkpoint is what a sidecar killed now would resume from: behind what its own
+            // kernel and hyper still held for the app (that dies with it), not at what the
+            // app's connection took.
+            let (offset, messages) = match &slot.app {
+                Some(app) if s.handed.bytes > 0 => {
+                    let queues = queues.get_or_insert_with(crate::appwindow::send_queues);
+                    s.handed.behind(app.unsent_bound(queues))
+                }
+                _ => (s.offset.clone(), s.messages),
+            };
             let cp = Checkpoint {
                 job_id: slot.job_id.clone(),
                 fence: slot.fence,
-                offset: s.offset.as_ref().map(ToString::to_string),
-                messages: s.messages,
+                offset: offset
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .or_else(|| slot.app.as_ref().map(|_| String::new())),
+                messages,
                 lease_ttl: self.lease_ttl,
             };
             drop(s);
@@ -230,5 +331,57 @@ impl Checkpointer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(chunks: &[(u64, u64)]) -> Handed {
+        let mut h = Handed {
+            start: (Some(Offset::Int(100)), 100),
+            ..Handed::default()
+        };
+        for &(seq, bytes) in chunks {
+            h.take(&Offset::Int(i128::from(seq)), seq, bytes);
+        }
+        h
+    }
+
+    #[test]
+    fn consumed_is_at_least_the_bound_and_the_largest_chunk_behind_what_was_taken() {
+        // 1,000 chunks of 100 bytes after offset 100: samples every 16 KiB (164 chunks).
+        let h = taken(&(101..=1100).map(|s| (s, 100)).collect::<Vec<_>>());
+        assert_eq!(h.bytes, 100_000);
+        for behind in [0, 1, 5_000, 40_000, 83_000] {
+            let (offset, messages) = h.behind(behind);
+            let Some(Offset::Int(seq)) = offset else {
+                panic!("an offset")
+            };
+            let seq = seq as u64;
+            assert_eq!(messages, seq);
+            let through = (seq - 100) * 100;
+            // Never less far behind than asked, and no further than one sample spacing more.
+            assert!(through + behind + 100 <= h.bytes, "{behind}: {seq}");
+            assert!(
+                through + behind + 100 + SAMPLE_SPACING + 100 > h.bytes,
+                "{behind}: {seq}"
+            );
+        }
+        // Further back than anything taken: the call's start.
+        assert_eq!(h.behind(100_000), (Some(Offset::Int(100)), 100));
+    }
+
+    #[test]
+    fn samples_stay_bounded_on_a_long_stream() {
+        let h = taken(&(1..=200_000).map(|s| (s, 1_000)).collect::<Vec<_>>());
+        assert!(h.samples.len() <= MAX_SAMPLES, "{}", h.samples.len());
+        let (offset, _) = h.behind(1 << 20);
+        let Some(Offset::Int(seq)) = offset else {
+            panic!("an offset")
+        };
+        let seq = seq as u64;
+        assert!(seq * 1_000 + (1 << 20) + 1_000 <= h.bytes);
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod appwindow;
 pub mod checkpoint;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]

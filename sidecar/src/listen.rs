@@ -32,7 +32,11 @@ pub async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, String> {
 /// Put in every request's extensions by the server: cancelled when the app connection the
 /// request came on closes (how a stream tells an app that died from one that cancelled).
 #[derive(Clone, Debug)]
-pub struct AppConnection(pub tokio_util::sync::CancellationToken);
+pub struct AppConnection {
+    pub closed: tokio_util::sync::CancellationToken,
+    /// What the app's HTTP/2 stack may hold unread on this connection.
+    pub window: std::sync::Arc<crate::appwindow::AppWindow>,
+}
 
 /// A listener that accepts with backoff and counts what it refuses.
 pub struct Listener {

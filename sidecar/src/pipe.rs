@@ -214,7 +214,8 @@ impl Body for AppBody {
         loop {
             if let Some(chunk) = inner.ready.pop_front() {
                 if let (Some(slot), Some((offset, messages))) = (&this.slot, &chunk.progress) {
-                    slot.record(Some(offset), *messages);
+                    let bytes = chunk.frame.data_ref().map_or(0, |d| d.len() as u64);
+                    slot.handed(offset, *messages, bytes);
                 }
                 return Poll::Ready(Some(Ok(chunk.frame)));
             }

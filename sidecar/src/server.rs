@@ -8,6 +8,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    appwindow::{AppWindow, Tap},
     listen::{AppConnection, Listener},
     proxy::Proxy,
 };
@@ -45,10 +46,17 @@ pub async fn serve(
         let proxy = proxy.clone();
         let connection = CancellationToken::new();
         let closed = connection.clone().drop_guard();
+        let window = Arc::new(AppWindow::for_connection(
+            accepted.stream.local_addr().ok(),
+            accepted.peer,
+        ));
+        let app = AppConnection {
+            closed: connection,
+            window: window.clone(),
+        };
         let service = service_fn(move |mut req: hyper::Request<Incoming>| {
             let proxy = proxy.clone();
-            req.extensions_mut()
-                .insert(AppConnection(connection.clone()));
+            req.extensions_mut().insert(app.clone());
             async move { Ok::<_, Infallible>(proxy.handle(req).await) }
         });
         let builder = builder.clone();
@@ -63,7 +71,9 @@ pub async fn serve(
                 _ = shutdown.cancelled() => return,
             }
             let peer = accepted.peer;
-            let conn = builder.serve_connection(TokioIo::new(accepted.stream), service);
+            // Read through the tap: the app's SETTINGS bound what it may hold unread.
+            let io = TokioIo::new(Tap::new(accepted.stream, window));
+            let conn = builder.serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {

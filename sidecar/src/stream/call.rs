@@ -8,7 +8,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prost_reflect::DynamicMessage;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{JOB_ID_HEADER, Reply, reject};
 use crate::{
@@ -32,8 +31,8 @@ pub(crate) struct Call {
     pub deadline: Option<Instant>,
     /// The job id the app named (`x-reprise-job-id`) or the one its request implies.
     pub base_id: String,
-    /// Cancelled when the app's connection closes (`None`: not from the app's listener).
-    pub app_connection: Option<CancellationToken>,
+    /// The app's connection (`None`: not from the app's listener).
+    pub app_connection: Option<AppConnection>,
 }
 
 impl Call {
@@ -71,7 +70,7 @@ impl Call {
             headers: parts.headers,
             deadline,
             base_id,
-            app_connection: parts.extensions.get::<AppConnection>().map(|c| c.0.clone()),
+            app_connection: parts.extensions.get::<AppConnection>().cloned(),
         })
     }
 }

@@ -153,17 +153,34 @@ impl Task {
         // The upstream is done with, whatever ended the call (a deadline stops the attempt
         // where it was).
         self.pipe.stop();
-        // What the app holds: everything the filter passed, which its body yields before the
-        // status; if it is gone, only what its connection took (the rest died in the pipe).
-        let (held, mut messages) = match (&outcome, &self.slot) {
-            (Outcome::AppGone, Some(guard)) => guard.slot.current(),
-            _ => self.pipe.position(),
-        };
-        let mut offset = held.as_ref().map(ToString::to_string);
         let deadline_passed = self.deadline_passed();
         let connection_lost = matches!(outcome, Outcome::AppGone)
             && !deadline_passed
             && self.app_connection_lost().await;
+        // What the app holds: everything the filter passed, which its body yields before the
+        // status. If it is gone, only what its connection took (the rest died in the pipe),
+        // and if its connection went too (it died), of that only what it surely read: the
+        // job resumes at least one HTTP/2 window behind, so nothing it never read is skipped.
+        let (held, mut messages, rewound) = match (&outcome, &self.slot, &self.app_connection) {
+            (Outcome::AppGone, Some(guard), Some(app)) if connection_lost => {
+                let (held, messages) = guard.slot.consumed(app.window.unread_bound());
+                (held, messages, true)
+            }
+            (Outcome::AppGone, Some(guard), _) => {
+                let (held, messages) = guard.slot.current();
+                (held, messages, false)
+            }
+            _ => {
+                let (held, messages) = self.pipe.position();
+                (held, messages, false)
+            }
+        };
+        let mut offset = held.as_ref().map(ToString::to_string);
+        if rewound && offset.is_none() {
+            // Back to the very start: "no offset yet" is the empty offset with no messages (a
+            // missing one would keep the last checkpoint's).
+            offset = Some(String::new());
+        }
         let facts = Facts {
             job_id: &self.job_id,
             offset: offset.as_deref(),
@@ -279,7 +296,7 @@ impl Task {
     /// and then closes its channel at once (grpcio does, leaving a `with` block) must still
     /// read as a cancel.
     async fn app_connection_lost(&self) -> bool {
-        let Some(connection) = &self.app_connection else {
+        let Some(connection) = self.app_connection.as_ref().map(|c| &c.closed) else {
             // Not a call from the app's listener (a takeover's sink pump): its peer went.
             return true;
         };

@@ -173,9 +173,9 @@ pub(crate) struct Task {
     /// lets the next identical request in.
     active: ActiveGuard,
     recipient: Recipient,
-    /// Cancelled when the app's connection closes: tells an app that died (its connection
-    /// went) from one that cancelled its call (the connection lives on).
-    app_connection: Option<CancellationToken>,
+    /// Its `closed` is cancelled when the app's connection closes: tells an app that died
+    /// (its connection went) from one that cancelled its call (the connection lives on).
+    app_connection: Option<crate::listen::AppConnection>,
 }
 
 /// The task's hold on its pipe: however the task ends (even by a panic), the app's body
@@ -266,9 +266,14 @@ impl Task {
                 done: CancellationToken::new(),
             },
         );
+        // Deliver mode's acknowledgements move the checkpoint; else the app's connection does.
+        let app = match &recipient {
+            Recipient::App => call.app_connection.as_ref().map(|c| c.window.clone()),
+            Recipient::ResumeSink(_) => None,
+        };
         let slot = ctx
             .checkpointer
-            .register(job, fence, backend, last.clone(), messages);
+            .register(job, fence, backend, (last.clone(), messages), app);
         if moved {
             slot.slot.record(last.as_ref(), messages);
         }
