@@ -17,7 +17,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     pin::Pin,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     task::{Context, Poll},
 };
 
@@ -42,6 +42,10 @@ pub struct AppWindow {
     window: AtomicU32,
     max_frame: AtomicU32,
     addrs: Option<(SocketAddr, SocketAddr)>,
+    /// DATA bytes every response body on the connection yielded to hyper, and DATA payload
+    /// bytes hyper wrote to the socket: the difference is what hyper still holds.
+    handed: AtomicU64,
+    written: AtomicU64,
 }
 
 impl Default for AppWindow {
@@ -50,6 +54,8 @@ impl Default for AppWindow {
             window: AtomicU32::new(DEFAULT_WINDOW),
             max_frame: AtomicU32::new(DEFAULT_MAX_FRAME),
             addrs: None,
+            handed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         }
     }
 }
@@ -63,15 +69,25 @@ impl AppWindow {
         }
     }
 
+    /// A response body on this connection yielded `bytes` of DATA to hyper.
+    pub fn took(&self, bytes: u64) {
+        self.handed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// What hyper holds, not yet written to the socket (read before the socket's queue, so
+    /// that nothing moving from one to the other between the two reads is missed).
+    pub fn unwritten(&self) -> u64 {
+        let written = self.written.load(Ordering::Acquire);
+        self.handed.load(Ordering::Acquire).saturating_sub(written)
+    }
+
     /// The most bytes of one stream that a sidecar killed now would leave undelivered: what
-    /// its kernel had not yet got acknowledged on the app's connection (`queues`, read from
-    /// /proc), hyper's send buffer and a frame. What the app's kernel has is the app's to
-    /// read, sidecar or not. Without the connection in `queues`, the whole window.
-    pub fn unsent_bound(&self, queues: &SendQueues) -> u64 {
+    /// hyper held (`unwritten`, read first) and what its kernel had not yet got acknowledged on
+    /// the app's connection (`queues`, read from /proc after). What the app's kernel has is
+    /// the app's to read, sidecar or not. Without the connection in `queues`, the whole window.
+    pub fn unsent_bound(&self, unwritten: u64, queues: &SendQueues) -> u64 {
         match self.addrs.and_then(|a| queues.get(&a)) {
-            Some(queued) => {
-                queued + SEND_BUFFER + u64::from(self.max_frame.load(Ordering::Relaxed))
-            }
+            Some(queued) => queued + unwritten,
             None => self.unread_bound(),
         }
     }
@@ -251,10 +267,50 @@ impl Parser {
     }
 }
 
-/// The app's connection, read through the parser.
+/// Counts the DATA payload bytes in what hyper writes (the server's side has no preface).
+#[derive(Debug, Default)]
+struct DataCounter {
+    header: [u8; 9],
+    have: usize,
+    payload_left: usize,
+    data: bool,
+}
+
+impl DataCounter {
+    fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+        let mut counted = 0;
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                if self.data {
+                    counted += n as u64;
+                }
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = (9 - self.have).min(bytes.len());
+                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                bytes = &bytes[n..];
+                if self.have == 9 {
+                    let h = self.header;
+                    self.payload_left =
+                        (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                    // hyper never pads DATA frames, so the payload is all data.
+                    self.data = h[3] == 0x0;
+                    self.have = 0;
+                }
+            }
+        }
+        counted
+    }
+}
+
+/// The app's connection, read through the parser, its writes counted.
 pub struct Tap<S> {
     inner: S,
     parser: Parser,
+    written: DataCounter,
     window: std::sync::Arc<AppWindow>,
 }
 
@@ -263,7 +319,15 @@ impl<S> Tap<S> {
         Tap {
             inner,
             parser: Parser::new(),
+            written: DataCounter::default(),
             window,
+        }
+    }
+
+    fn wrote(&mut self, bytes: &[u8]) {
+        let n = self.written.feed(bytes);
+        if n > 0 {
+            self.window.written.fetch_add(n, Ordering::Release);
         }
     }
 }
@@ -290,7 +354,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.wrote(&buf[..n]);
+        }
+        res
     }
 
     fn poll_write_vectored(
@@ -298,7 +367,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = res {
+            for b in bufs {
+                if n == 0 {
+                    break;
+                }
+                let take = n.min(b.len());
+                this.wrote(&b[..take]);
+                n -= take;
+            }
+        }
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -311,6 +392,51 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body whose DATA is counted as handed to hyper on its connection (every call's,
+/// pass-through ones too, so that `AppWindow::unwritten` matches what hyper writes).
+pub fn counted(
+    body: crate::grpc::ProxyBody,
+    window: std::sync::Arc<AppWindow>,
+) -> crate::grpc::ProxyBody {
+    use http_body_util::BodyExt as _;
+    Counted {
+        inner: body,
+        window,
+    }
+    .boxed_unsync()
+}
+
+struct Counted {
+    inner: crate::grpc::ProxyBody,
+    window: std::sync::Arc<AppWindow>,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = crate::grpc::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res
+            && let Some(data) = frame.data_ref()
+        {
+            self.window.took(data.len() as u64);
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -385,10 +511,24 @@ mod tests {
         parse_send_queues(six, &mut q);
         assert_eq!(q.get(&key), Some(&16));
         let w = AppWindow::for_connection(Some(key.0), key.1);
-        assert_eq!(w.unsent_bound(&q), 16 + SEND_BUFFER + 16_384);
-        assert_eq!(w.unsent_bound(&SendQueues::new()), w.unread_bound());
+        assert_eq!(w.unsent_bound(100, &q), 16 + 100);
+        assert_eq!(w.unsent_bound(100, &SendQueues::new()), w.unread_bound());
         // This process's own table parses (whatever it holds).
         let _ = send_queues();
+    }
+
+    #[test]
+    fn only_data_payload_is_counted_as_written_whatever_the_write_sizes() {
+        let mut bytes = frame(SETTINGS, 0, 0, &setting(SETTINGS_MAX_FRAME_SIZE, 1 << 20));
+        bytes.extend(frame(0x1, 0x4, 1, &[0x88]));
+        bytes.extend(frame(0x0, 0, 1, &[7; 1000]));
+        bytes.extend(frame(0x6, 0, 0, &[0; 8]));
+        bytes.extend(frame(0x0, 0x1, 3, &[7; 17]));
+        for step in [1, 3, 9, 100, 5000] {
+            let mut c = DataCounter::default();
+            let n: u64 = bytes.chunks(step).map(|b| c.feed(b)).sum();
+            assert_eq!(n, 1017, "step {step}");
+        }
     }
 
     #[test]

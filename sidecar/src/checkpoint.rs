@@ -18,7 +18,7 @@ use reprise_jobs::{Checkpoint, NewJob, Restore, Write};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    appwindow::{AppWindow, SendQueues},
+    appwindow::AppWindow,
     metrics::Metrics,
     offset::Offset,
     store::{Backend, Store},
@@ -65,10 +65,13 @@ struct Handed {
     samples: std::collections::VecDeque<(u64, Offset, u64)>,
 }
 
-/// Samples at least this many bytes apart.
-const SAMPLE_SPACING: u64 = 16 * 1024;
-/// Samples kept at most; past it every other one goes (the spacing doubles).
-const MAX_SAMPLES: usize = 512;
+/// Samples at least this many bytes apart near the head of the stream, where checkpoints
+/// look (a few KiB behind). Further back, where an app death looks (a window behind), they
+/// thin out.
+const SAMPLE_SPACING: u64 = 512;
+/// Samples kept at most; past it every other one of the older half goes, so the spacing
+/// grows with the distance from the head.
+const MAX_SAMPLES: usize = 256;
 
 impl Handed {
     fn take(&mut self, offset: &Offset, messages: u64, bytes: u64) {
@@ -80,10 +83,11 @@ impl Handed {
             .is_none_or(|(at, _, _)| self.bytes >= at + SAMPLE_SPACING);
         if spaced {
             if self.samples.len() >= MAX_SAMPLES {
+                let older = self.samples.len() / 2;
                 let mut i = 0;
                 self.samples.retain(|_| {
                     i += 1;
-                    i % 2 == 0
+                    i > older || i % 2 == 0
                 });
             }
             self.samples
@@ -91,11 +95,16 @@ impl Handed {
         }
     }
 
-    /// The latest position at least `behind` bytes before what was taken (the start if none).
+    /// The latest position at least `behind` bytes, and the largest chunk, before what was
+    /// taken (the start if none).
     fn behind(&self, behind: u64) -> (Option<Offset>, u64) {
-        let limit = self
-            .bytes
-            .saturating_sub(behind.saturating_add(self.largest));
+        self.behind_from(self.bytes, behind)
+    }
+
+    /// The same, counted back from `bytes` taken (what was taken when `behind` was measured;
+    /// chunks taken since are not behind anything yet).
+    fn behind_from(&self, bytes: u64, behind: u64) -> (Option<Offset>, u64) {
+        let limit = bytes.saturating_sub(behind.saturating_add(self.largest));
         self.samples
             .iter()
             .rev()
@@ -251,8 +260,12 @@ impl Checkpointer {
             Ok(s) => s.values().cloned().collect(),
             Err(_) => return,
         };
-        // Read once per tick, and only when a stream to an app needs it.
-        let mut queues: Option<SendQueues> = None;
+        // A checkpoint is what a sidecar killed now would resume from: behind what hyper and
+        // its kernel still held for the app (that dies with it), not at what the app's
+        // connection took. So first, per slot, where the stream stands and what hyper holds;
+        // then the kernel's send queues, read after (whatever moves from hyper to the kernel
+        // in between is counted twice, never missed).
+        let mut due = Vec::new();
         for slot in slots {
             let Ok(mut s) = slot.state.lock() else {
                 continue;
@@ -262,14 +275,25 @@ impl Checkpointer {
             }
             s.dirty = false;
             s.last_write = now;
-            // A checkpoint is what a sidecar killed now would resume from: behind what its own
-            // kernel and hyper still held for the app (that dies with it), not at what the
-            // app's connection took.
-            let (offset, messages) = match &slot.app {
-                Some(app) if s.handed.bytes > 0 => {
-                    let queues = queues.get_or_insert_with(crate::appwindow::send_queues);
-                    s.handed.behind(app.unsent_bound(queues))
-                }
+            let at = match &slot.app {
+                Some(app) if s.handed.bytes > 0 => Some((s.handed.bytes, app.unwritten())),
+                _ => None,
+            };
+            drop(s);
+            due.push((slot, at));
+        }
+        let queues = due
+            .iter()
+            .any(|(_, at)| at.is_some())
+            .then(crate::appwindow::send_queues);
+        for (slot, at) in due {
+            let Ok(s) = slot.state.lock() else {
+                continue;
+            };
+            let (offset, messages) = match (&slot.app, at, &queues) {
+                (Some(app), Some((bytes, unwritten)), Some(queues)) => s
+                    .handed
+                    .behind_from(bytes, app.unsent_bound(unwritten, queues)),
                 _ => (s.offset.clone(), s.messages),
             };
             let cp = Checkpoint {
@@ -278,7 +302,7 @@ impl Checkpointer {
                 offset: offset
                     .as_ref()
                     .map(ToString::to_string)
-                    .or_else(|| slot.app.as_ref().map(|_| String::new())),
+                    .or_else(|| at.map(|_| String::new())),
                 messages,
                 lease_ttl: self.lease_ttl,
             };
@@ -362,12 +386,15 @@ mod tests {
             let seq = seq as u64;
             assert_eq!(messages, seq);
             let through = (seq - 100) * 100;
-            // Never less far behind than asked, and no further than one sample spacing more.
+            // Never less far behind than asked; close to it near the head, where samples are
+            // dense, and within a sixth of the distance further back, where they thin out.
             assert!(through + behind + 100 <= h.bytes, "{behind}: {seq}");
-            assert!(
-                through + behind + 100 + SAMPLE_SPACING + 100 > h.bytes,
-                "{behind}: {seq}"
-            );
+            let slack = if behind <= 5_000 {
+                2 * SAMPLE_SPACING + 100
+            } else {
+                behind / 6 + 100
+            };
+            assert!(through + behind + slack > h.bytes, "{behind}: {seq}");
         }
         // Further back than anything taken: the call's start.
         assert_eq!(h.behind(100_000), (Some(Offset::Int(100)), 100));

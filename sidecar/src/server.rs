@@ -57,7 +57,11 @@ pub async fn serve(
         let service = service_fn(move |mut req: hyper::Request<Incoming>| {
             let proxy = proxy.clone();
             req.extensions_mut().insert(app.clone());
-            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+            let window = app.window.clone();
+            async move {
+                let res = proxy.handle(req).await;
+                Ok::<_, Infallible>(res.map(|body| crate::appwindow::counted(body, window)))
+            }
         });
         let builder = builder.clone();
         let shutdown = shutdown.clone();
