@@ -732,7 +732,8 @@ fn run(args: &Args, seed: u64) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Runtime::new()?;
     let outcome = soak(args, seed, &tag, nft, &dir, &rt);
     if args.keep_logs || !matches!(outcome, Ok(true)) {
-        println!("soak: files kept in {}", dir.display());
+        // On stderr: the summary stays the last line of stdout.
+        eprintln!("soak: files kept in {}", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
