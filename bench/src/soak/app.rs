@@ -338,16 +338,22 @@ async fn call(
     let slow = Duration::from_micros(job.slow_us);
     for attempt in 0u32.. {
         let receiver = format!("c{incarnation}.{attempt}");
+        // `Err((true, _))`: the call broke after it began (response headers came), so the
+        // sidecar holds the job; `Err((false, _))`: it never began.
         let outcome = async {
-            let mut stream = client.stream_events(job.request()).await?.into_inner();
-            while let Some(event) = stream.message().await? {
+            let mut stream = client
+                .stream_events(job.request())
+                .await
+                .map_err(|s| (false, s))?
+                .into_inner();
+            while let Some(event) = stream.message().await.map_err(|s| (true, s))? {
                 write_record(&record, &receiver, &event)
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(|e| (true, Status::internal(e.to_string())))?;
                 if !slow.is_zero() {
                     tokio::time::sleep(slow).await;
                 }
             }
-            Ok::<(), Status>(())
+            Ok::<(), (bool, Status)>(())
         }
         .await;
         match outcome {
@@ -356,7 +362,7 @@ async fn call(
                 files.forget(&job.topic);
                 return Ok(());
             }
-            Err(status) if mode == Mode::Deliver && attempt_reached(&status) => {
+            Err((true, status)) if mode == Mode::Deliver => {
                 eprintln!(
                     "soak-app: {} ended {:?}: {}",
                     job.topic,
@@ -367,11 +373,16 @@ async fn call(
                 files.forget(&job.topic);
                 return Ok(());
             }
-            Err(status) => {
+            Err((began, status)) => {
                 eprintln!(
-                    "soak-app: {} attempt {attempt} ended {:?}: {}; calling again",
+                    "soak-app: {} attempt {attempt} ended {:?} ({}): {}; calling again",
                     job.topic,
                     status.code(),
+                    if began {
+                        "mid-stream"
+                    } else {
+                        "before it began"
+                    },
                     status.message()
                 );
                 let backoff = Duration::from_millis(100 * u64::from(attempt.min(10) + 1));
@@ -380,14 +391,6 @@ async fn call(
         }
     }
     Ok(())
-}
-
-/// Whether a `deliver` call's error means the sidecar took the call (so the rest goes to a
-/// ResumeSink), rather than that the call never reached it: a refused connection is tried again.
-fn attempt_reached(status: &Status) -> bool {
-    let text = status.message();
-    !(status.code() == tonic::Code::Unavailable
-        && (text.contains("tcp connect error") || text.contains("Connection refused")))
 }
 
 struct Sink {

@@ -157,9 +157,18 @@ impl Upstream {
         let log = self
             .dir
             .join(format!("{}-{}.log", self.link.netns, self.starts));
-        let proc = Proc::spawn("demo-server", &mut cmd, log)?;
+        let mut proc = Proc::spawn("demo-server", &mut cmd, log)?;
+        // Its own word, not a connection: the link to it may be cut right now.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !proc.log_text().contains("listening on ") {
+            proc.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("upstream {} did not listen within 30 s", self.addr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.proc = Some(proc);
-        wait_tcp(&self.addr(), Duration::from_secs(30))
+        Ok(())
     }
 
     fn down(&mut self, signal: Signal, name: &str) -> anyhow::Result<()> {
