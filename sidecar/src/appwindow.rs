@@ -185,12 +185,37 @@ fn proc_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// An HTTP/2 frame header (9 bytes) gathered across reads or writes of any size.
+#[derive(Debug, Default)]
+struct FrameHeader {
+    bytes: [u8; 9],
+    have: usize,
+}
+
+impl FrameHeader {
+    /// Takes what the header still lacks from the front of `bytes`; the whole header once it
+    /// is complete (and starts over for the next one).
+    fn fill(&mut self, bytes: &mut &[u8]) -> Option<[u8; 9]> {
+        let n = (9 - self.have).min(bytes.len());
+        self.bytes[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+        self.have += n;
+        *bytes = &bytes[n..];
+        (self.have == 9).then(|| {
+            self.have = 0;
+            self.bytes
+        })
+    }
+
+    fn payload_len(h: [u8; 9]) -> usize {
+        (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2])
+    }
+}
+
 /// Where the parser is in the app's byte stream.
 #[derive(Debug)]
 struct Parser {
     preface_left: usize,
-    header: [u8; 9],
-    have: usize,
+    header: FrameHeader,
     payload_left: usize,
     settings: Option<Vec<u8>>,
     /// A frame longer than any SETTINGS frame can be: the stream is not HTTP/2 as this parser
@@ -205,8 +230,7 @@ impl Parser {
     fn new() -> Self {
         Parser {
             preface_left: PREFACE_LEN,
-            header: [0; 9],
-            have: 0,
+            header: FrameHeader::default(),
             payload_left: 0,
             settings: None,
             stopped: false,
@@ -229,23 +253,15 @@ impl Parser {
                 if self.payload_left == 0 {
                     self.end_frame(window);
                 }
-            } else {
-                let n = (9 - self.have).min(bytes.len());
-                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
-                self.have += n;
-                bytes = &bytes[n..];
-                if self.have == 9 {
-                    self.begin_frame(window);
-                }
+            } else if let Some(header) = self.header.fill(&mut bytes) {
+                self.begin_frame(header, window);
             }
         }
     }
 
-    fn begin_frame(&mut self, window: &AppWindow) {
-        let h = self.header;
-        let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+    fn begin_frame(&mut self, h: [u8; 9], window: &AppWindow) {
+        let len = FrameHeader::payload_len(h);
         let (kind, flags) = (h[3], h[4]);
-        self.have = 0;
         self.payload_left = len;
         self.settings = None;
         if kind == SETTINGS && flags & ACK == 0 {
@@ -270,8 +286,7 @@ impl Parser {
 /// Counts the DATA payload bytes in what hyper writes (the server's side has no preface).
 #[derive(Debug, Default)]
 struct DataCounter {
-    header: [u8; 9],
-    have: usize,
+    header: FrameHeader,
     payload_left: usize,
     data: bool,
 }
@@ -287,19 +302,10 @@ impl DataCounter {
                 }
                 self.payload_left -= n;
                 bytes = &bytes[n..];
-            } else {
-                let n = (9 - self.have).min(bytes.len());
-                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
-                self.have += n;
-                bytes = &bytes[n..];
-                if self.have == 9 {
-                    let h = self.header;
-                    self.payload_left =
-                        (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
-                    // hyper never pads DATA frames, so the payload is all data.
-                    self.data = h[3] == 0x0;
-                    self.have = 0;
-                }
+            } else if let Some(h) = self.header.fill(&mut bytes) {
+                self.payload_left = FrameHeader::payload_len(h);
+                // hyper never pads DATA frames, so the payload is all data.
+                self.data = h[3] == 0x0;
             }
         }
         counted
