@@ -30,6 +30,30 @@ fn only_job(w: &World) -> String {
     ids[0].clone()
 }
 
+/// The only job, once it is `interrupted`, and its stored offset.
+fn interrupted_job(w: &World) -> (String, String) {
+    let job = only_job(w);
+    wait_until("job interrupted", LONG, || {
+        w.job_field(&job, "status").as_deref() == Some("interrupted")
+    });
+    let offset = w.job_field(&job, "offset").expect("offset stored");
+    (job, offset)
+}
+
+/// The app's identical request for the admins again, recorded to `second.txt`.
+fn admins_again(
+    w: &World,
+) -> (
+    std::path::PathBuf,
+    std::process::ExitStatus,
+    serde_json::Value,
+) {
+    let second = w.path().join("second.txt");
+    let arg = second.to_string_lossy().to_string();
+    let (status, summary) = w.client(&["users", "--role", "admin", "--record", &arg]);
+    (second, status, summary)
+}
+
 /// Checks the second run got exactly the users after the stored offset and the first run an
 /// in-order prefix, and that the offset is not past what the killed app recorded: together
 /// every admin user, nothing skipped, and what came twice is what the killed app had recorded
@@ -80,15 +104,9 @@ fn app_killed_and_restarted_resumes_from_the_stored_offset() {
     let sidecar = w.sidecar(&w.config(true, ""));
     let first = w.path().join("first.txt");
     kill_client_midway(&w, &first, 2000);
-    let job = only_job(&w);
-    wait_until("job interrupted", LONG, || {
-        w.job_field(&job, "status").as_deref() == Some("interrupted")
-    });
-    let offset = w.job_field(&job, "offset").expect("offset stored");
+    let (job, offset) = interrupted_job(&w);
 
-    let second = w.path().join("second.txt");
-    let arg = second.to_string_lossy().to_string();
-    let (status, summary) = w.client(&["users", "--role", "admin", "--record", &arg]);
+    let (second, status, summary) = admins_again(&w);
     assert!(status.success(), "{summary}\n{}", sidecar.log_text());
     assert_resumed_without_a_gap(&lines(&first), &lines(&second), &offset, 30000);
     assert_eq!(
@@ -115,14 +133,8 @@ fn a_slow_app_killed_midway_gets_what_it_never_read_when_it_asks_again() {
     let _sidecar = w.sidecar(&w.config(true, ""));
     let first = w.path().join("first.txt");
     kill_client_midway_with(&w, &first, 300, &["--slow-us", "2000"]);
-    let job = only_job(&w);
-    wait_until("job interrupted", LONG, || {
-        w.job_field(&job, "status").as_deref() == Some("interrupted")
-    });
-    let offset = w.job_field(&job, "offset").expect("offset stored");
-    let second = w.path().join("second.txt");
-    let arg = second.to_string_lossy().to_string();
-    let (status, summary) = w.client(&["users", "--role", "admin", "--record", &arg]);
+    let (job, offset) = interrupted_job(&w);
+    let (second, status, summary) = admins_again(&w);
     assert!(status.success(), "{summary}");
     assert_resumed_without_a_gap(&lines(&first), &lines(&second), &offset, 30000);
     assert_eq!(w.job_field(&job, "status").as_deref(), Some("completed"));
@@ -164,9 +176,7 @@ fn a_sidecar_killed_while_a_slow_app_lags_leaves_nothing_undelivered() {
     // The app reads what its kernel already had, then its call breaks.
     client.wait_exit(LONG);
     let _sidecar = w.sidecar(&config);
-    let second = w.path().join("second.txt");
-    let arg = second.to_string_lossy().to_string();
-    let (status, summary) = w.client(&["users", "--role", "admin", "--record", &arg]);
+    let (second, status, summary) = admins_again(&w);
     assert!(status.success(), "{summary}");
     let (first, second) = (lines(&first), lines(&second));
     let admins = admin_ids(30000);
@@ -205,11 +215,7 @@ fn sidecar_sigkilled_and_restarted_while_a_job_is_interrupted() {
     let mut sidecar = w.sidecar(&config);
     let first = w.path().join("first.txt");
     kill_client_midway(&w, &first, 2000);
-    let job = only_job(&w);
-    wait_until("job interrupted", LONG, || {
-        w.job_field(&job, "status").as_deref() == Some("interrupted")
-    });
-    let offset = w.job_field(&job, "offset").expect("offset stored");
+    let (job, offset) = interrupted_job(&w);
     let fence_before: u64 = w
         .job_field(&job, "fence")
         .and_then(|f| f.parse().ok())
@@ -217,9 +223,7 @@ fn sidecar_sigkilled_and_restarted_while_a_job_is_interrupted() {
 
     sidecar.kill9();
     let _sidecar = w.sidecar(&config);
-    let second = w.path().join("second.txt");
-    let arg = second.to_string_lossy().to_string();
-    let (status, summary) = w.client(&["users", "--role", "admin", "--record", &arg]);
+    let (second, status, summary) = admins_again(&w);
     assert!(status.success(), "{summary}");
     assert_resumed_without_a_gap(&lines(&first), &lines(&second), &offset, 30000);
     let fence_after: u64 = w
