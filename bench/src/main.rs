@@ -136,6 +136,7 @@ fn main() -> ExitCode {
         Some("recovery") => return recovery::main(),
         Some("soak") => return soak::main(),
         Some("soak-app") => return soak::app::main(),
+        Some("soak-check") => return soak::recheck_main(),
         _ => {}
     }
     let args = Args::parse();

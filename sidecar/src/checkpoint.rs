@@ -24,13 +24,23 @@ use crate::{
     store::{Backend, Store},
 };
 
+/// Where a job's state lives, and the fence every write presents there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Home {
+    pub backend: Backend,
+    pub fence: u64,
+}
+
 /// The checkpoint state of one running job.
 pub struct Slot {
     pub job_id: String,
     /// The job as claimed, written back with the slot's state if the store forgets it.
     pub job: NewJob,
-    pub fence: u64,
-    pub backend: Backend,
+    /// Where the job lives and under which fence: fixed at claim, except that a job claimed
+    /// in memory while Redis was down moves to Redis once it answers ([`Checkpointer::adopt`]).
+    home: Mutex<Home>,
+    /// When a job in memory may next try to move to Redis (another owner held it there).
+    adopt_after: Mutex<Option<Instant>>,
     /// The app's connection, when the app's connection taking a chunk moves the checkpoint:
     /// then a checkpoint stays behind what a sidecar killed now would not have delivered.
     app: Option<Arc<AppWindow>>,
@@ -115,6 +125,11 @@ impl Handed {
 }
 
 impl Slot {
+    /// Where the job lives now (see [`Slot::home`]'s field).
+    pub fn home(&self) -> Home {
+        *self.home.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn record(&self, offset: Option<&Offset>, messages: u64) {
         if let Ok(mut s) = self.state.lock() {
             s.offset = offset.cloned();
@@ -212,8 +227,8 @@ impl Checkpointer {
         let slot = Arc::new(Slot {
             job_id: job.job_id.clone(),
             job,
-            fence,
-            backend,
+            home: Mutex::new(Home { backend, fence }),
+            adopt_after: Mutex::new(None),
             app,
             state: Mutex::new(SlotState {
                 handed: Handed {
@@ -251,6 +266,61 @@ impl Checkpointer {
         }
     }
 
+    /// Moves a job claimed in memory (Redis was down at its claim) to Redis, now that it
+    /// answers: the job is claimed there as any call's job would be, and this flush writes
+    /// its position under the new fence. From then on it is as protected as any other job:
+    /// a sidecar death resumes it from Redis, another pod can take it over, it ends in Redis.
+    /// If another owner runs the same job in Redis with a live lease, the job stays in memory
+    /// and tries again a lease later. Counted in `reprise_store_adoptions_total`.
+    async fn adopt(&self, slot: &Arc<Slot>, now: Instant) {
+        {
+            let mut after = slot.adopt_after.lock().unwrap_or_else(|e| e.into_inner());
+            if after.is_some_and(|t| now < t) {
+                return;
+            }
+            *after = Some(now + self.lease_ttl);
+        }
+        let Some(claim) = self.store.adopt(&slot.job).await else {
+            return;
+        };
+        let Some(fence) = claim.fence() else {
+            tracing::info!(job.id = %slot.job_id, "job claimed in memory while redis was down: another owner runs it in redis, so it stays in memory");
+            return;
+        };
+        let old = std::mem::replace(
+            &mut *slot.home.lock().unwrap_or_else(|e| e.into_inner()),
+            Home {
+                backend: Backend::Redis,
+                fence,
+            },
+        );
+        let (offset, messages) = if let Ok(mut s) = slot.state.lock() {
+            s.dirty = true;
+            (s.offset.clone(), s.messages)
+        } else {
+            (None, 0)
+        };
+        // The in-process record lets the job go, so that a claim in memory in a later outage
+        // finds it `interrupted` rather than `running` under this process.
+        let finish = reprise_jobs::Finish {
+            job_id: slot.job_id.clone(),
+            fence: old.fence,
+            status: reprise_jobs::JobStatus::Interrupted,
+            offset: offset.as_ref().map(ToString::to_string),
+            messages,
+            error: Some("moved to redis once it answered again".into()),
+        };
+        let _ = self.store.finish(Backend::Memory, &finish, None).await;
+        self.metrics.store_adoptions.inc();
+        tracing::info!(
+            job.id = %slot.job_id,
+            fence,
+            offset = offset.as_ref().map(ToString::to_string).unwrap_or_default(),
+            messages,
+            "job claimed in memory while redis was down is now stored in redis"
+        );
+    }
+
     /// Writes every dirty slot, and every slot whose lease is a third of the way to expiry.
     pub async fn flush(&self) {
         let renew_after = self.lease_ttl / 3;
@@ -260,6 +330,11 @@ impl Checkpointer {
             Ok(s) => s.values().cloned().collect(),
             Err(_) => return,
         };
+        if self.store.redis_ready() {
+            for slot in slots.iter().filter(|s| s.home().backend == Backend::Memory) {
+                self.adopt(slot, now).await;
+            }
+        }
         // A checkpoint is what a sidecar killed now would resume from: behind what hyper and
         // its kernel still held for the app (that dies with it), not at what the app's
         // connection took. So first, per slot, where the stream stands and what hyper holds;
@@ -296,9 +371,10 @@ impl Checkpointer {
                     .behind_from(bytes, app.unsent_bound(unwritten, queues)),
                 _ => (s.offset.clone(), s.messages),
             };
+            let home = slot.home();
             let cp = Checkpoint {
                 job_id: slot.job_id.clone(),
-                fence: slot.fence,
+                fence: home.fence,
                 offset: offset
                     .as_ref()
                     .map(ToString::to_string)
@@ -307,7 +383,7 @@ impl Checkpointer {
                 lease_ttl: self.lease_ttl,
             };
             drop(s);
-            let batch = batches.entry(slot.backend).or_default();
+            let batch = batches.entry(home.backend).or_default();
             batch.0.push(slot);
             batch.1.push(cp);
         }
@@ -332,7 +408,7 @@ impl Checkpointer {
                 if result == Write::Forgotten {
                     let restore = Restore {
                         job: slot.job.clone(),
-                        fence: slot.fence,
+                        fence: cp.fence,
                         offset: cp.offset,
                         messages: cp.messages,
                         note: String::new(),
@@ -351,7 +427,7 @@ impl Checkpointer {
                 }
                 if !slot.lost.swap(true, Ordering::Relaxed) {
                     self.metrics.checkpoint_fenced.inc();
-                    tracing::warn!(job.id = %slot.job_id, fence = slot.fence, "checkpoint refused: another owner holds this job now");
+                    tracing::warn!(job.id = %slot.job_id, fence = cp.fence, "checkpoint refused: another owner holds this job now");
                 }
             }
         }

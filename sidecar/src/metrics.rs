@@ -58,6 +58,7 @@ pub struct Metrics {
     pub checkpoint_writes: Counter,
     pub checkpoint_fenced: Counter,
     pub store_restores: Counter,
+    pub store_adoptions: Counter,
     pub store_errors: Family<OpLabels, Counter>,
     pub store_degraded: Gauge,
     pub upstream_connects: Counter,
@@ -78,6 +79,7 @@ impl Default for Metrics {
             checkpoint_writes: Counter::default(),
             checkpoint_fenced: Counter::default(),
             store_restores: Counter::default(),
+            store_adoptions: Counter::default(),
             store_errors: Family::default(),
             store_degraded: Gauge::default(),
             upstream_connects: Counter::default(),
@@ -129,6 +131,11 @@ impl Default for Metrics {
             "store_restores",
             "Jobs written back to Redis from this sidecar's own state after Redis had lost them (restarted empty, failed over, flushed, evicted)",
             m.store_restores.clone(),
+        );
+        registry.register(
+            "store_adoptions",
+            "Jobs claimed in memory while Redis was down and moved to Redis once it answered",
+            m.store_adoptions.clone(),
         );
         registry.register(
             "store_errors",

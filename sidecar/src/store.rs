@@ -28,7 +28,8 @@ pub enum Backend {
 
 /// The job store as the sidecar uses it: every claim, checkpoint and final state goes to Redis
 /// when it is connected and reachable, else to the in-process store (and the sidecar reports
-/// not-ready until Redis answers again). A job stays in the backend it was claimed in.
+/// not-ready until Redis answers again). A job claimed in memory moves to Redis once Redis
+/// answers (`Checkpointer::adopt`); a job claimed in Redis stays there.
 pub struct Store {
     /// `(url, key_prefix)` when Redis is configured.
     redis_config: Option<(String, String)>,
@@ -138,6 +139,25 @@ impl Store {
             Err(e) => {
                 self.failed("take_over", &e);
                 Err(e.to_string())
+            }
+        }
+    }
+
+    /// Whether Redis is connected and answered last time: jobs claimed in memory may move
+    /// there.
+    pub fn redis_ready(&self) -> bool {
+        self.redis.get().is_some() && !self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Claims in Redis a job this sidecar runs in memory (see `Checkpointer::adopt`); None if
+    /// Redis failed.
+    pub async fn adopt(&self, job: &NewJob) -> Option<Claim> {
+        let redis = self.redis.get()?;
+        match redis.claim(job).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.failed("adopt", &e);
+                None
             }
         }
     }

@@ -198,3 +198,72 @@ fn a_flushed_job_and_a_copy_behind_the_owner_are_written_back() {
         w.metrics()
     );
 }
+
+/// Redis is down when the app calls, so its job is claimed in the in-process store, then Redis
+/// comes up. The soak's Redis kills showed what that cost before (docs/reliability.md): such a
+/// job stayed in memory for the rest of its call, so it never reached Redis and a sidecar
+/// death lost its position. Now the job moves to Redis at the first checkpoint after Redis
+/// answers, and after a SIGKILL the app's identical request resumes from there, not from the
+/// start.
+#[test]
+fn a_job_claimed_while_redis_was_down_moves_to_redis_once_it_answers() {
+    const USERS: usize = 100_000;
+    let w = World::new();
+    let port = free_port();
+    let users = USERS.to_string();
+    let _server = w.server(&["--users", users.as_str(), "--delay-us", "100"]);
+    let config = w.config(false, &format!("redis_url: redis://127.0.0.1:{port}\n"));
+    let mut sidecar = w.sidecar(&config);
+    let first = w.path().join("first.txt");
+    let arg = first.to_string_lossy().to_string();
+    let mut client = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    wait_until("progress with redis down", LONG, || {
+        lines(&first).len() >= 300
+    });
+    assert_eq!(w.metric("reprise_store_degraded", &[]), 1.0);
+    let redis = PrivateRedis::start(&w, port);
+    let job_key = || -> Option<String> {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:job:*", w.prefix))
+            .query(&mut redis.conn())
+            .expect("KEYS");
+        keys.into_iter().next()
+    };
+    wait_until("the job moved to redis, with its position", LONG, || {
+        job_key().is_some_and(|k| {
+            redis.hget(&k, "status").as_deref() == Some("running")
+                && redis
+                    .hget(&k, "messages")
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .is_some_and(|m| m > 0)
+        })
+    });
+    let key = job_key().expect("job key");
+    let log = sidecar.log_text();
+    assert!(
+        log.contains("job claimed in memory while redis was down is now stored in redis"),
+        "{log}"
+    );
+    assert_eq!(w.metric("reprise_store_adoptions_total", &[]), 1.0);
+    let recorded = lines(&first).len();
+    sidecar.kill9();
+    client.wait_exit(LONG);
+    assert!(
+        lines(&first).len() < admin_ids(USERS).len(),
+        "the kill came before the end of the stream"
+    );
+    let _sidecar = w.sidecar(&config);
+    // The restarted sidecar releases what its predecessor left running.
+    wait_until("job interrupted", LONG, || {
+        redis.hget(&key, "status").as_deref() == Some("interrupted")
+    });
+    let offset = redis.hget(&key, "offset").expect("offset stored");
+    assert!(
+        !offset.is_empty(),
+        "the job resumes past its start (the killed app had {recorded} admins and more)"
+    );
+    let (second, status, summary) = crate::restart::admins_again(&w);
+    assert!(status.success(), "{summary}");
+    crate::restart::assert_resumed_without_a_gap(&lines(&first), &lines(&second), &offset, USERS);
+    assert_eq!(redis.hget(&key, "status").as_deref(), Some("completed"));
+}

@@ -41,7 +41,7 @@ fn interrupted_job(w: &World) -> (String, String) {
 }
 
 /// The app's identical request for the admins again, recorded to `second.txt`.
-fn admins_again(
+pub(crate) fn admins_again(
     w: &World,
 ) -> (
     std::path::PathBuf,
@@ -58,7 +58,7 @@ fn admins_again(
 /// in-order prefix, and that the offset is not past what the killed app recorded: together
 /// every admin user, nothing skipped, and what came twice is what the killed app had recorded
 /// after the resume point (at most one HTTP/2 window of it).
-fn assert_resumed_without_a_gap(
+pub(crate) fn assert_resumed_without_a_gap(
     first: &[String],
     second: &[String],
     offset: &str,

@@ -90,6 +90,74 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `reprise-bench soak-check DIR`: the checker again, on the files of a run kept with
+/// `--keep-logs` (or of a failed run): plans, record files, the apps' state logs and the fault
+/// journal. It reads nothing else, so it gives what the run's own checker gave, except that
+/// jobs still streaming when the run judged them may have ended since. Exit 0 if clean.
+pub fn recheck_main() -> ExitCode {
+    let Some(dir) = std::env::args_os().nth(2).map(PathBuf::from) else {
+        eprintln!("usage: reprise-bench soak-check DIR (a soak's kept directory)");
+        return ExitCode::from(2);
+    };
+    match recheck(&dir) {
+        Ok(v) => {
+            println!(
+                "soak-check: jobs={} complete={} messages={} lost={} out_of_order={} corrupt={} duplicates={} unexplained={} max_dup_window_ms={}",
+                v.jobs,
+                v.jobs_complete,
+                v.messages,
+                v.lost,
+                v.out_of_order,
+                v.corrupt,
+                v.duplicates,
+                v.unexplained_duplicates,
+                v.max_dup_window_ms
+            );
+            for p in v.problems.iter().take(40) {
+                println!("  {p}");
+            }
+            if v.clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("reprise-bench soak-check: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn recheck(dir: &Path) -> anyhow::Result<check::Verdict> {
+    let mut plans = BTreeMap::new();
+    let mut dirs = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let plan = path.join("plan");
+        if !plan.is_file() {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        plans.insert(name.clone(), app::read_plan(&plan)?);
+        dirs.insert(name, path.join("app"));
+    }
+    anyhow::ensure!(!plans.is_empty(), "{} holds no pod's plan", dir.display());
+    let journal = std::fs::read_to_string(dir.join("faults.jsonl"))
+        .with_context(|| format!("reading {}/faults.jsonl", dir.display()))?;
+    let faults = journal
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Fault>, _>>()
+        .context("faults.jsonl")?;
+    Ok(check::check(&plans, &dirs, &started_topics(&dirs), &faults))
+}
+
 /// Kinds of fault, with their weights in the draw.
 const KINDS: &[(&str, u32)] = &[
     ("upstream_sigkill", 10),

@@ -66,6 +66,7 @@ impl Task {
                 offset = self.pipe.position().0.as_ref().map(ToString::to_string).unwrap_or_default(),
                 "upstream stream broke; resuming"
             );
+            self.sync_home();
             let (store, job_id, fence, backend) = (
                 self.ctx.store.clone(),
                 self.job_id.clone(),

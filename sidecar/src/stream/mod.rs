@@ -151,9 +151,10 @@ pub(crate) struct Task {
     ctx: Arc<StreamCtx>,
     method: Arc<ResumableMethod>,
     job_id: String,
-    /// The job's fence as claimed: every write carries it, so a zombie's writes are refused.
+    /// The job's fence as claimed (or as adopted by Redis, see [`Task::sync_home`]): every
+    /// write carries it, so a zombie's writes are refused.
     fence: u64,
-    /// Where the job lives (Redis, or memory while Redis is down).
+    /// Where the job lives (Redis, or memory while Redis is down, until it moves to Redis).
     backend: Backend,
     /// The request message exactly as the app sent it (decompressed).
     original: Bytes,
@@ -347,6 +348,15 @@ impl Task {
 
     /// Sends the final status: as trailers after the messages, or as a trailers-only reply if
     /// the app has not had response headers yet.
+    /// Takes the job's backend and fence from its slot: a job claimed in memory while Redis
+    /// was down moves to Redis once it answers (`Checkpointer::adopt`), under a new fence.
+    fn sync_home(&mut self) {
+        if let Some(guard) = &self.slot {
+            let home = guard.slot.home();
+            (self.backend, self.fence) = (home.backend, home.fence);
+        }
+    }
+
     fn reply(&mut self, mut trailers: HeaderMap) {
         trailers.remove(header::CONTENT_TYPE);
         trailers.remove(header::CONTENT_LENGTH);
