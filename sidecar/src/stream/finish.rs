@@ -9,7 +9,7 @@ use http::HeaderMap;
 use reprise_jobs::{Finish, JobStatus, Write};
 use tokio::time::Instant;
 
-use super::{Outcome, Task};
+use super::{Outcome, Recipient, Task};
 use crate::{
     config::AppCancel,
     events::JobEvent,
@@ -23,6 +23,10 @@ const APP_CONNECTION_GRACE: Duration = Duration::from_millis(5);
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 /// How long a ResumeSink has to acknowledge the end of a delivered stream.
 const SINK_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a delivery that stopped because the ResumeSink went away waits before the job is
+/// offered to the service's pods again: an app that restarts serves its sink again in about
+/// this time, and a sink that stays away costs one takeover per this interval.
+const SINK_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// What settles a call besides its outcome; gathered before [`settle`], which does no I/O.
 pub(super) struct Facts<'a> {
@@ -210,6 +214,8 @@ impl Task {
         }
         // The job's state first, so that when the app sees the status the job already says
         // what it holds (and, on shutdown, another pod has been told).
+        // Where the job lives now: a job claimed in memory may have moved to Redis since.
+        self.sync_home();
         let job = self.slot.take().map(|guard| guard.slot.job.clone());
         if let Some(status) = status {
             let finish = Finish {
@@ -278,6 +284,36 @@ impl Task {
                     .events
                     .interrupted(&event, "sidecar shutting down")
                     .await;
+            }
+            // A delivery that stopped because the ResumeSink went away (the app died or
+            // restarts): nobody else will ask for the job, so it is offered to the service's
+            // pods again once the sink has had a moment to come back (this pod included).
+            JobStatus::Interrupted
+                if matches!(self.recipient, Recipient::ResumeSink(_))
+                    && written == Some(Write::Ok) =>
+            {
+                let (ctx, job_id, method, offset, fence) = (
+                    self.ctx.clone(),
+                    self.job_id.clone(),
+                    self.method.name.clone(),
+                    finish.offset.clone(),
+                    self.fence,
+                );
+                self.ctx.tracker.spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(SINK_RETRY_DELAY) => {}
+                        _ = ctx.interrupt.cancelled() => {}
+                    }
+                    let event = JobEvent {
+                        job_id: &job_id,
+                        method: &method,
+                        offset: offset.as_deref(),
+                        fence,
+                    };
+                    ctx.events
+                        .interrupted(&event, "the ResumeSink went away during delivery")
+                        .await;
+                });
             }
             JobStatus::Completed => self.ctx.events.completed(&event),
             _ => {}
