@@ -296,7 +296,7 @@ impl Checkpointer {
         );
         let (offset, messages) = if let Ok(mut s) = slot.state.lock() {
             s.dirty = true;
-            (s.offset.clone(), s.messages)
+            (s.offset.as_ref().map(ToString::to_string), s.messages)
         } else {
             (None, 0)
         };
@@ -306,7 +306,7 @@ impl Checkpointer {
             job_id: slot.job_id.clone(),
             fence: old.fence,
             status: reprise_jobs::JobStatus::Interrupted,
-            offset: offset.as_ref().map(ToString::to_string),
+            offset: offset.clone(),
             messages,
             error: Some("moved to redis once it answered again".into()),
         };
@@ -315,7 +315,7 @@ impl Checkpointer {
         tracing::info!(
             job.id = %slot.job_id,
             fence,
-            offset = offset.as_ref().map(ToString::to_string).unwrap_or_default(),
+            offset = offset.as_deref().unwrap_or_default(),
             messages,
             "job claimed in memory while redis was down is now stored in redis"
         );

@@ -49,6 +49,15 @@ impl PrivateRedis {
         }
     }
 
+    /// The key of a job under `prefix` (the tests here run one job), if Redis has one.
+    fn job_key(&self, prefix: &str) -> Option<String> {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:job:*"))
+            .query(&mut self.conn())
+            .expect("KEYS");
+        keys.into_iter().next()
+    }
+
     fn hget(&self, key: &str, field: &str) -> Option<String> {
         redis::cmd("HGET")
             .arg(key)
@@ -159,13 +168,7 @@ fn a_flushed_job_and_a_copy_behind_the_owner_are_written_back() {
         .query(&mut redis.conn())
         .expect("FLUSHDB");
     let key = |id: &str| format!("{}:job:{id}", w.prefix);
-    let job_key = || -> Option<String> {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:job:*", w.prefix))
-            .query(&mut redis.conn())
-            .expect("KEYS");
-        keys.into_iter().next()
-    };
+    let job_key = || redis.job_key(&w.prefix);
     wait_until("the job written back after FLUSHDB", LONG, || {
         job_key().is_some() || matches!(client.child.try_wait(), Ok(Some(_)))
     });
@@ -222,13 +225,7 @@ fn a_job_claimed_while_redis_was_down_moves_to_redis_once_it_answers() {
     });
     assert_eq!(w.metric("reprise_store_degraded", &[]), 1.0);
     let redis = PrivateRedis::start(&w, port);
-    let job_key = || -> Option<String> {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:job:*", w.prefix))
-            .query(&mut redis.conn())
-            .expect("KEYS");
-        keys.into_iter().next()
-    };
+    let job_key = || redis.job_key(&w.prefix);
     wait_until("the job moved to redis, with its position", LONG, || {
         job_key().is_some_and(|k| {
             redis.hget(&k, "status").as_deref() == Some("running")

@@ -346,8 +346,6 @@ impl Task {
         }
     }
 
-    /// Sends the final status: as trailers after the messages, or as a trailers-only reply if
-    /// the app has not had response headers yet.
     /// Takes the job's backend and fence from its slot: a job claimed in memory while Redis
     /// was down moves to Redis once it answers (`Checkpointer::adopt`), under a new fence.
     fn sync_home(&mut self) {
@@ -357,6 +355,8 @@ impl Task {
         }
     }
 
+    /// Sends the final status: as trailers after the messages, or as a trailers-only reply if
+    /// the app has not had response headers yet.
     fn reply(&mut self, mut trailers: HeaderMap) {
         trailers.remove(header::CONTENT_TYPE);
         trailers.remove(header::CONTENT_LENGTH);
