@@ -48,7 +48,7 @@ pub use events::{DecodeError, EVENT_VERSION, Event, EventKind};
 pub use keys::{DEFAULT_PREFIX, Keys};
 pub use listen::{AcceptBackoff, AcceptFailed, Acceptor};
 pub use memory::MemoryStore;
-pub use model::{Checkpoint, Claim, Finish, JobRecord, NewJob, Owner, Restore, Write};
+pub use model::{Checkpoint, Claim, Finish, JobRecord, NewJob, Owner, Position, Restore, Write};
 pub use outbox::{Outbox, OutboxError};
 pub use publisher::{PublishError, Publisher, Sent};
 pub use record::FIELDS;

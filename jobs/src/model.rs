@@ -159,6 +159,20 @@ pub struct Checkpoint {
     /// How many messages have been forwarded to the app in total.
     pub messages: u64,
     pub lease_ttl: Duration,
+    /// Where a takeover resumes if this owner dies without letting the job go (`None` keeps
+    /// the stored one): behind `offset` by what the app may not have read yet, so that an app
+    /// that dies with its sidecar (a pod killed) misses nothing. Stored as `replay_offset` and
+    /// `replay_messages`; a claim of an `orphaned` job, or of a `running` one whose lease
+    /// expired, starts there.
+    pub replay: Option<Position>,
+}
+
+/// A point in a job's stream: the offset of the last message before it (`""` for the very
+/// start) and how many messages came before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub offset: String,
+    pub messages: u64,
 }
 
 /// How a job leaves `running`.

@@ -328,6 +328,10 @@ impl RedisStore {
             .arg(offset)
             .arg(cp.messages)
             .arg(duration_ms(cp.lease_ttl));
+        match &cp.replay {
+            Some(replay) => invocation.arg("1").arg(&replay.offset).arg(replay.messages),
+            None => invocation.arg("0").arg("").arg(0),
+        };
         invocation
     }
 }

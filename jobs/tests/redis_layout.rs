@@ -368,3 +368,148 @@ async fn orphan_by_owner_matches_uid_then_namespace() -> Result<()> {
     })
     .await
 }
+
+/// A checkpoint's replay point (where a takeover starts if its owner dies without saying where
+/// the job stands) is stored beside the offset; each way a dead owner's job is taken up starts
+/// there and says how far back it moved (`replayed`), and each way an owner lets its job go
+/// leaves its own position.
+#[tokio::test]
+async fn a_dead_owners_job_resumes_from_its_replay_point() -> Result<()> {
+    with_redis(|mut f| async move {
+        let short = Duration::from_millis(200);
+        let with_replay = |id: &str| reprise_jobs::Checkpoint {
+            replay: Some(reprise_jobs::Position {
+                offset: "60".into(),
+                messages: 60,
+            }),
+            ..checkpoint(id, 1, Some("90"), 90)
+        };
+        let replayed = |h: &HashMap<String, String>| {
+            (
+                h.get("offset").cloned().unwrap_or_default(),
+                h.get("messages").cloned().unwrap_or_default(),
+                h.get("replayed").cloned(),
+                h.contains_key("replay_offset") || h.contains_key("replay_messages"),
+            )
+        };
+        // Lease expired: the claim resumes at the replay point.
+        f.store.claim(&new_job("lease", &owner("pod-a"), short)).await?;
+        assert_eq!(f.store.checkpoint(&with_replay("lease")).await?, Write::Ok);
+        let h = hash(&mut f, "lease").await?;
+        assert_eq!((field(&h, "replay_offset")?, field(&h, "replay_messages")?), ("60", "60"));
+        // The checkpoint's own lease is the default test lease: expire it by hand.
+        redis::cmd("HSET")
+            .arg(f.keys.job("lease"))
+            .arg("lease_expires_at")
+            .arg(1)
+            .query_async::<()>(&mut f.raw)
+            .await?;
+        let claim = f.store.claim(&new_job("lease", &owner("pod-b"), LONG)).await?;
+        assert_eq!(
+            claim,
+            Claim::Resumed {
+                fence: 2,
+                offset: Some("60".into()),
+                messages: 60,
+                previous_status: JobStatus::Running
+            }
+        );
+        let h = hash(&mut f, "lease").await?;
+        assert_eq!(replayed(&h), ("60".into(), "60".into(), Some("30".into()), false));
+
+        // Orphaned by the recoverer: the same, through the claim.
+        f.store.claim(&new_job("orphan", &owner("pod-a"), LONG)).await?;
+        assert_eq!(f.store.checkpoint(&with_replay("orphan")).await?, Write::Ok);
+        let dead = OrphanIf::OwnedBy {
+            pod: "pod-a".into(),
+            namespace: String::new(),
+            uid: None,
+            spare: None,
+            include_unknown_namespace: true,
+        };
+        let store = RedisStore::connect(&support::redis_url(), f.keys.prefix()).await?;
+        assert!(store.orphan("orphan", &dead, "pod deleted").await?.is_some());
+        let claim = f.store.take_over(&new_job("orphan", &owner("pod-b"), LONG)).await?;
+        assert!(
+            matches!(&claim, Some(Claim::Resumed { offset: Some(o), messages: 60, .. }) if o == "60"),
+            "{claim:?}"
+        );
+
+        // Released by the pod's next sidecar (a finish that gives no offset): at the replay
+        // point, so the next claim resumes there too.
+        f.store.claim(&new_job("release", &owner("pod-a"), LONG)).await?;
+        assert_eq!(f.store.checkpoint(&with_replay("release")).await?, Write::Ok);
+        let mut release = finish("release", 1, JobStatus::Interrupted, None);
+        release.messages = 90;
+        assert_eq!(f.store.finish(&release).await?, Write::Ok);
+        let h = hash(&mut f, "release").await?;
+        assert_eq!(replayed(&h), ("60".into(), "60".into(), Some("30".into()), false));
+
+        // Let go by its owner (a finish with its offset): the replay point is dropped, and a
+        // claim resumes where the owner said.
+        f.store.claim(&new_job("let-go", &owner("pod-a"), LONG)).await?;
+        assert_eq!(f.store.checkpoint(&with_replay("let-go")).await?, Write::Ok);
+        let end = finish("let-go", 1, JobStatus::Interrupted, Some("90"));
+        assert_eq!(f.store.finish(&end).await?, Write::Ok);
+        let h = hash(&mut f, "let-go").await?;
+        assert!(!replayed(&h).3, "replay point left behind: {h:?}");
+        let claim = f.store.claim(&new_job("let-go", &owner("pod-b"), LONG)).await?;
+        assert!(
+            matches!(&claim, Claim::Resumed { offset: Some(o), .. } if o == "90"),
+            "{claim:?}"
+        );
+        // A fresh run of a finished job starts with no replay point and no `replayed`.
+        let done = finish("let-go", 2, JobStatus::Completed, Some("99"));
+        assert_eq!(f.store.finish(&done).await?, Write::Ok);
+        f.store.claim(&new_job("let-go", &owner("pod-b"), LONG)).await?;
+        let h = hash(&mut f, "let-go").await?;
+        assert!(!h.contains_key("replayed") && !h.contains_key("replay_offset"), "{h:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// An owner whose lease lapsed while it could not reach Redis, orphaned by the recoverer, may
+/// still write that the job completed (or failed) as long as nobody took it up since; after a
+/// takeover it is fenced like any zombie, and it can never write `interrupted` over an orphan.
+#[tokio::test]
+async fn an_orphaned_job_nobody_took_up_takes_its_owners_end() -> Result<()> {
+    with_redis(|mut f| async move {
+        let store = RedisStore::connect(&support::redis_url(), f.keys.prefix()).await?;
+        let dead = OrphanIf::OwnedBy {
+            pod: "pod-a".into(),
+            namespace: String::new(),
+            uid: None,
+            spare: None,
+            include_unknown_namespace: true,
+        };
+        for id in ["done", "taken", "let-go"] {
+            f.store.claim(&new_job(id, &owner("pod-a"), LONG)).await?;
+            assert_eq!(store.orphan(id, &dead, "lease expired").await?, Some(2));
+        }
+        let end = finish("done", 1, JobStatus::Completed, Some("99"));
+        assert_eq!(f.store.finish(&end).await?, Write::Ok);
+        let h = hash(&mut f, "done").await?;
+        assert_eq!(
+            (field(&h, "status")?, field(&h, "offset")?),
+            ("completed", "99")
+        );
+        let late = f
+            .store
+            .take_over(&new_job("done", &owner("pod-b"), LONG))
+            .await?;
+        assert_eq!(late, None, "a completed job is not taken over");
+
+        f.store
+            .take_over(&new_job("taken", &owner("pod-b"), LONG))
+            .await?;
+        let end = finish("taken", 1, JobStatus::Completed, Some("99"));
+        assert_eq!(f.store.finish(&end).await?, Write::Fenced);
+
+        let end = finish("let-go", 1, JobStatus::Interrupted, Some("50"));
+        assert_eq!(f.store.finish(&end).await?, Write::Fenced);
+        assert_eq!(field(&hash(&mut f, "let-go").await?, "status")?, "orphaned");
+        Ok(())
+    })
+    .await
+}

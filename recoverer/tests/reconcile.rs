@@ -277,6 +277,7 @@ async fn reconcile_leaves_an_owner_it_cannot_see_to_its_lease() {
             offset: Some(messages.to_string()),
             messages,
             lease_ttl: lease,
+            replay: None,
         };
         assert_eq!(
             h.store.checkpoint(&renewal).await.expect("Redis"),

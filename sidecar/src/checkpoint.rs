@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reprise_jobs::{Checkpoint, NewJob, Restore, Write};
+use reprise_jobs::{Checkpoint, NewJob, Position, Restore, Write};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -331,13 +331,14 @@ impl Checkpointer {
             Err(_) => return,
         };
         if self.store.redis_ready() {
+            self.store.write_pending().await;
             for slot in slots.iter().filter(|s| s.home().backend == Backend::Memory) {
                 self.adopt(slot, now).await;
             }
         }
-        // A checkpoint is what a sidecar killed now would resume from: behind what hyper and
-        // its kernel still held for the app (that dies with it), not at what the app's
-        // connection took. So first, per slot, where the stream stands and what hyper holds;
+        // A checkpoint's offset is what reaches the app if the app outlives this sidecar:
+        // behind what hyper and its kernel still held for the app (that dies with it), not at
+        // what the app's connection took. So first, per slot, where the stream stands and what hyper holds;
         // then the kernel's send queues, read after (whatever moves from hyper to the kernel
         // in between is counted twice, never missed).
         let mut due = Vec::new();
@@ -365,11 +366,23 @@ impl Checkpointer {
             let Ok(s) = slot.state.lock() else {
                 continue;
             };
-            let (offset, messages) = match (&slot.app, at, &queues) {
-                (Some(app), Some((bytes, unwritten)), Some(queues)) => s
-                    .handed
-                    .behind_from(bytes, app.unsent_bound(unwritten, queues)),
-                _ => (s.offset.clone(), s.messages),
+            // And where a takeover resumes if this sidecar dies without letting the job go:
+            // as far back as an app death rewinds (`consumed`), because a pod killed takes the
+            // app, and what it held unread, with the sidecar.
+            let ((offset, messages), replay) = match (&slot.app, at, &queues) {
+                (Some(app), Some((bytes, unwritten)), Some(queues)) => {
+                    let unsent = app.unsent_bound(unwritten, queues);
+                    let (replay, replay_messages) =
+                        s.handed.behind_from(bytes, unsent.max(app.unread_bound()));
+                    (
+                        s.handed.behind_from(bytes, unsent),
+                        Some(Position {
+                            offset: replay.as_ref().map(ToString::to_string).unwrap_or_default(),
+                            messages: replay_messages,
+                        }),
+                    )
+                }
+                _ => ((s.offset.clone(), s.messages), None),
             };
             let home = slot.home();
             let cp = Checkpoint {
@@ -381,6 +394,7 @@ impl Checkpointer {
                     .or_else(|| at.map(|_| String::new())),
                 messages,
                 lease_ttl: self.lease_ttl,
+                replay,
             };
             drop(s);
             let batch = batches.entry(home.backend).or_default();

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub store_adoptions: Counter,
     pub store_errors: Family<OpLabels, Counter>,
     pub store_degraded: Gauge,
+    pub store_pending_final_states: Gauge,
     pub upstream_connects: Counter,
     pub accept_errors: Family<ListenerLabels, Counter>,
     pub connections_closed: Family<ClosedLabels, Counter>,
@@ -82,6 +83,7 @@ impl Default for Metrics {
             store_adoptions: Counter::default(),
             store_errors: Family::default(),
             store_degraded: Gauge::default(),
+            store_pending_final_states: Gauge::default(),
             upstream_connects: Counter::default(),
             accept_errors: Family::default(),
             connections_closed: Family::default(),
@@ -146,6 +148,11 @@ impl Default for Metrics {
             "store_degraded",
             "1 while Redis is unreachable and offsets are kept in memory",
             m.store_degraded.clone(),
+        );
+        registry.register(
+            "store_pending_final_states",
+            "Final job states Redis did not take (it failed or timed out), kept and written once it answers",
+            m.store_pending_final_states.clone(),
         );
         registry.register(
             "upstream_connects",

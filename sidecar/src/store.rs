@@ -3,8 +3,9 @@
 //! process), the sidecar reports not-ready, and a probe flips back once Redis answers again.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -26,6 +27,29 @@ pub enum Backend {
     Memory,
 }
 
+/// How many job ids [`Store`] remembers as left in Redis.
+const KNOWN_IN_REDIS: usize = 4096;
+
+/// A bounded set of job ids, oldest out first.
+#[derive(Default)]
+struct Known {
+    order: std::collections::VecDeque<String>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl Known {
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_owned()) {
+            self.order.push_back(id.to_owned());
+            if self.order.len() > KNOWN_IN_REDIS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.ids.remove(&old);
+            }
+        }
+    }
+}
+
 /// The job store as the sidecar uses it: every claim, checkpoint and final state goes to Redis
 /// when it is connected and reachable, else to the in-process store (and the sidecar reports
 /// not-ready until Redis answers again). A job claimed in memory moves to Redis once Redis
@@ -38,6 +62,15 @@ pub struct Store {
     /// Set once the first connection succeeds; the connection manager reconnects after that.
     redis: OnceCell<RedisStore>,
     memory: Arc<MemoryStore>,
+    /// Final states Redis did not take (it failed or timed out), by job id, with the job as
+    /// claimed: written once it answers ([`Store::write_pending`], every checkpoint tick), and
+    /// before anything else when a call claims the same job, which would otherwise find it
+    /// still `running` under this sidecar and start it again from scratch.
+    pending: Mutex<HashMap<String, (Finish, Option<NewJob>)>>,
+    /// Jobs this process last left in Redis (at most [`KNOWN_IN_REDIS`], oldest forgotten
+    /// first): while Redis counts as down, a claim of one of them still asks Redis, where the
+    /// job waits to be resumed, rather than start it afresh in memory.
+    in_redis: Mutex<Known>,
     degraded: AtomicBool,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -57,6 +90,8 @@ impl Store {
             owner,
             redis: OnceCell::new(),
             memory: Arc::new(MemoryStore::new()),
+            pending: Mutex::new(HashMap::new()),
+            in_redis: Mutex::new(Known::default()),
             degraded: AtomicBool::new(false),
             health,
             metrics,
@@ -143,6 +178,11 @@ impl Store {
         }
     }
 
+    /// Whether Redis is configured but not answering (the sidecar is degraded).
+    pub fn redis_down(&self) -> bool {
+        self.redis_config.is_some() && !self.redis_ready()
+    }
+
     /// Whether Redis is connected and answered last time: jobs claimed in memory may move
     /// there.
     pub fn redis_ready(&self) -> bool {
@@ -162,14 +202,46 @@ impl Store {
         }
     }
 
-    /// Claims in Redis, or in memory while Redis is down.
+    /// Claims in Redis, or in memory while Redis is down. A final state of the same job that
+    /// Redis has not taken yet is written first; while Redis is down it is put in memory, so
+    /// the claim there resumes the job rather than starting it afresh.
     pub async fn claim(&self, job: &NewJob) -> (Backend, Claim) {
+        let pending = self.take_pending(&job.job_id);
+        let known = pending.is_some()
+            || self
+                .in_redis
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ids
+                .contains(&job.job_id);
         if let Some(redis) = self.redis.get()
-            && !self.degraded.load(Ordering::Relaxed)
+            && (known || !self.degraded.load(Ordering::Relaxed))
         {
-            match redis.claim(job).await {
-                Ok(c) => return (Backend::Redis, c),
-                Err(e) => self.failed("claim", &e),
+            let written = match &pending {
+                Some((f, claimed)) => self.finish(Backend::Redis, f, claimed.as_ref()).await,
+                None => Some(Write::Ok),
+            };
+            if written.is_some() {
+                match redis.claim(job).await {
+                    Ok(c) => return (Backend::Redis, c),
+                    Err(e) => self.failed("claim", &e),
+                }
+            }
+        } else if let Some((f, claimed)) = &pending {
+            self.keep_pending(f, claimed.as_ref());
+        }
+        if let Some((f, _)) = pending {
+            // Redis is down: the in-process store learns where the job stands from the final
+            // state Redis has not taken (still kept for Redis).
+            let restore = Restore {
+                job: job.clone(),
+                fence: f.fence,
+                offset: f.offset.clone(),
+                messages: f.messages,
+                note: "final state redis had not taken yet".into(),
+            };
+            if self.memory.restore(&restore).await.is_ok() {
+                let _ = self.memory.finish(&f).await;
             }
         }
         match self.memory.claim(job).await {
@@ -210,10 +282,19 @@ impl Store {
         f: &Finish,
         job: Option<&NewJob>,
     ) -> Option<Write> {
+        if backend == Backend::Redis {
+            self.in_redis
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(&f.job_id);
+        }
         let written = match self.get(backend).finish(f).await {
             Ok(w) => w,
             Err(e) => {
                 self.failed("finish", &e);
+                if backend == Backend::Redis {
+                    self.keep_pending(f, job);
+                }
                 return None;
             }
         };
@@ -236,6 +317,50 @@ impl Store {
                 }
             },
             refused => Some(refused),
+        }
+    }
+
+    /// Keeps a final state Redis did not take, for [`Store::write_pending`] (a later one of the
+    /// same job replaces it).
+    fn keep_pending(&self, f: &Finish, job: Option<&NewJob>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let new = pending
+            .insert(f.job_id.clone(), (f.clone(), job.cloned()))
+            .is_none();
+        self.metrics
+            .store_pending_final_states
+            .set(pending.len() as i64);
+        if new {
+            tracing::warn!(job.id = %f.job_id, status = f.status.as_str(), "final job state not written: redis failed; kept, and written once it answers");
+        }
+    }
+
+    fn take_pending(&self, job_id: &str) -> Option<(Finish, Option<NewJob>)> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = pending.remove(job_id);
+        self.metrics
+            .store_pending_final_states
+            .set(pending.len() as i64);
+        taken
+    }
+
+    /// Writes the final states Redis did not take (see the `pending` field), now that it
+    /// answers; those it fails again stay for the next call.
+    pub async fn write_pending(&self) {
+        let due: Vec<(Finish, Option<NewJob>)> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            self.metrics.store_pending_final_states.set(0);
+            pending.drain().map(|(_, p)| p).collect()
+        };
+        for (f, job) in due {
+            if let Some(written) = self.finish(Backend::Redis, &f, job.as_ref()).await {
+                tracing::info!(
+                    job.id = %f.job_id,
+                    status = f.status.as_str(),
+                    refused = written != Write::Ok,
+                    "final job state written now that redis answers"
+                );
+            }
         }
     }
 

@@ -219,7 +219,11 @@ fn a_job_claimed_while_redis_was_down_moves_to_redis_once_it_answers() {
     let mut sidecar = w.sidecar(&config);
     let first = w.path().join("first.txt");
     let arg = first.to_string_lossy().to_string();
-    let mut client = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    // A 64 KiB window: the sidecar's death below rewinds the job about 1,300 admins (what the
+    // app may hold unread), short of its start.
+    let mut client = w.client_proc(&[
+        "users", "--role", "admin", "--record", &arg, "--window", "65535",
+    ]);
     wait_until("progress with redis down", LONG, || {
         lines(&first).len() >= 300
     });
@@ -242,6 +246,9 @@ fn a_job_claimed_while_redis_was_down_moves_to_redis_once_it_answers() {
         "{log}"
     );
     assert_eq!(w.metric("reprise_store_adoptions_total", &[]), 1.0);
+    wait_until("progress well past one window", LONG, || {
+        lines(&first).len() >= 4000
+    });
     let recorded = lines(&first).len();
     sidecar.kill9();
     client.wait_exit(LONG);
@@ -262,5 +269,150 @@ fn a_job_claimed_while_redis_was_down_moves_to_redis_once_it_answers() {
     let (second, status, summary) = crate::restart::admins_again(&w);
     assert!(status.success(), "{summary}");
     crate::restart::assert_resumed_without_a_gap(&lines(&first), &lines(&second), &offset, USERS);
+    assert_eq!(redis.hget(&key, "status").as_deref(), Some("completed"));
+}
+
+/// Finding 5 of docs/reliability.md (seen once in CI under load, before the soak): a Redis that
+/// stops answering for a while (here SIGSTOPped, as a stalled or overloaded Redis is) while the
+/// app dies mid-stream. The job's final state, `interrupted`, cannot be written then. Once Redis
+/// answers again, the app's identical request must resume that job (one job in Redis, resumed, every
+/// admin after what the app recorded), not start a second one from scratch because the first
+/// still looks `running` under this sidecar.
+#[test]
+fn an_app_killed_while_redis_stalls_is_resumed_once_redis_answers() {
+    const USERS: usize = 100_000;
+    let w = World::new();
+    let redis = PrivateRedis::start(&w, free_port());
+    let users = USERS.to_string();
+    let _server = w.server(&["--users", users.as_str(), "--delay-us", "100"]);
+    let config = w.config(false, &format!("redis_url: {}\n", redis.url()));
+    let _sidecar = w.sidecar(&config);
+    let first = w.path().join("first.txt");
+    let arg = first.to_string_lossy().to_string();
+    // A 64 KiB window: the app's death rewinds the job about 1,300 admins, well short of
+    // the start, so a request that starts afresh shows.
+    let window = ["--window", "65535"];
+    let mut client = w.client_proc(&[
+        "users", "--role", "admin", "--record", &arg, window[0], window[1],
+    ]);
+    let key = || redis.job_key(&w.prefix);
+    wait_until("progress checkpointed in redis", LONG, || {
+        lines(&first).len() >= 5000
+            && key().is_some_and(|k| {
+                redis
+                    .hget(&k, "messages")
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .is_some_and(|m| m > 0)
+            })
+    });
+    let key = key().expect("job key");
+    let signal = |sig| redis.proc.as_ref().expect("redis runs").signal(sig);
+    signal(19); // SIGSTOP
+    wait_until("the sidecar sees redis stalled", LONG, || {
+        w.metric("reprise_store_degraded", &[]) == 1.0
+    });
+    client.kill9();
+    // The sidecar notices the app's death and cannot write the job's final state: it keeps it.
+    wait_until("the final state kept for redis", LONG, || {
+        w.metric("reprise_store_pending_final_states", &[]) == 1.0
+    });
+    // The request comes at once, while the sidecar still counts Redis as down (its probe
+    // runs once a second): it must ask Redis all the same, for a job it knows is there.
+    signal(18); // SIGCONT
+    let second = w.path().join("second.txt");
+    let arg = second.to_string_lossy().to_string();
+    let (status, summary) = w.client(&[
+        "users", "--role", "admin", "--record", &arg, window[0], window[1],
+    ]);
+    assert!(status.success(), "{summary}");
+    let ids: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:job:*", w.prefix))
+        .query(&mut redis.conn())
+        .expect("KEYS");
+    assert_eq!(
+        ids,
+        std::slice::from_ref(&key),
+        "the identical request must resume the app's job, not start another"
+    );
+    assert_eq!(redis.hget(&key, "status").as_deref(), Some("completed"));
+    let resumes: u64 = redis
+        .hget(&key, "resumes")
+        .and_then(|r| r.parse().ok())
+        .expect("resumes");
+    assert!(resumes >= 1, "the job was not resumed");
+    let (first, second) = (lines(&first), lines(&second));
+    let admins = admin_ids(USERS);
+    let at = second
+        .first()
+        .and_then(|id| admins.iter().position(|a| a == id))
+        .unwrap_or(admins.len());
+    assert!(
+        at <= first.len(),
+        "resumed at admin {at}, past the {} the app recorded",
+        first.len()
+    );
+    assert!(
+        at > 0,
+        "the identical request started from scratch (the app had recorded {})",
+        first.len()
+    );
+    assert_eq!(
+        second,
+        admins[at..],
+        "second run: everything from the resume point"
+    );
+    assert_eq!(w.metric("reprise_store_pending_final_states", &[]), 0.0);
+}
+
+/// Finding 10 of docs/reliability.md: a `deliver` job claimed in memory while Redis was down
+/// died with its sidecar, and the app, whose call had begun, counted on a handoff that nobody
+/// knew to make. A deliver-mode call that begins while Redis is down now waits for Redis
+/// before its stream starts: the app gets nothing until the job is stored, then the whole
+/// stream, and the job is in Redis; with Redis gone for longer than `max_outage` the call
+/// ends `UNAVAILABLE` before any message.
+#[test]
+fn a_deliver_call_begun_while_redis_is_down_waits_until_its_job_is_stored() {
+    let w = World::new();
+    let port = free_port();
+    let _server = w.server(&["--users", "3000", "--delay-us", "100"]);
+    let sink_port = free_port();
+    let config = w
+        .deliver_config("pod-a", w.sidecar_port, w.metrics_port, sink_port)
+        .replace(
+            &format!("redis_url: {}", redis_url()),
+            &format!("redis_url: redis://127.0.0.1:{port}"),
+        );
+    assert!(config.contains(&format!("127.0.0.1:{port}")), "{config}");
+    // A short max_outage for the first call: Redis never comes, the call must end UNAVAILABLE.
+    let short = config.replace("resume: deliver\n", "resume: deliver\n    max_outage: 1s\n");
+    {
+        let _sidecar = w.sidecar(&short);
+        let (status, summary) = w.client(&["users", "--role", "admin"]);
+        assert!(!status.success(), "{summary}");
+        assert_eq!(summary["received"], 0, "{summary}");
+        let text = summary.to_string();
+        assert!(
+            text.contains("UNAVAILABLE") || text.contains("Unavailable"),
+            "{summary}"
+        );
+        assert!(
+            text.contains("must be stored before its stream starts"),
+            "{summary}"
+        );
+    }
+    let _sidecar = w.sidecar(&config);
+    let record = w.path().join("first.txt");
+    let arg = record.to_string_lossy().to_string();
+    let mut app = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        lines(&record).len(),
+        0,
+        "the stream began before its job was stored"
+    );
+    let redis = PrivateRedis::start(&w, port);
+    assert!(app.wait_exit(LONG).success(), "{}", app.summary());
+    assert_eq!(lines(&record), admin_ids(3000), "the whole stream, once");
+    let key = redis.job_key(&w.prefix).expect("the job is in redis");
     assert_eq!(redis.hget(&key, "status").as_deref(), Some("completed"));
 }

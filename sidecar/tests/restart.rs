@@ -140,21 +140,22 @@ fn a_slow_app_killed_midway_gets_what_it_never_read_when_it_asks_again() {
     assert_eq!(w.job_field(&job, "status").as_deref(), Some("completed"));
 }
 
-/// A slow app lags far behind what the sidecar handed its connection when the sidecar is
-/// SIGKILLed: once the restarted sidecar takes its identical request, the app gets everything
-/// after what it read, none of the backlog skipped. (On loopback with one stream the kernel
-/// still delivers the sidecar's send queue after the kill, so this passes without the
-/// send-queue bound as well; the loss that bound fixes shows with many streams on one
-/// connection, in the soak's seed 7: docs/reliability.md.)
-#[test]
-fn a_sidecar_killed_while_a_slow_app_lags_leaves_nothing_undelivered() {
+/// A slow app (2 ms a message) lags far behind what the sidecar handed its connection when
+/// the sidecar is SIGKILLed; `app_dies` SIGKILLs the app at once as well (a pod killed), else
+/// it reads what its kernel already had until its call breaks. Then a restarted sidecar takes
+/// the app's identical request: the app must get everything after what it recorded, none of
+/// the backlog skipped. Returns (recorded before, recorded after, where the second run began).
+fn sidecar_killed_while_a_slow_app_lags(
+    app_dies: bool,
+    window: Option<&str>,
+) -> (World, Vec<String>, Vec<String>, usize) {
     let w = World::new();
-    let _server = w.server(&["--users", "30000", "--delay-us", "20"]);
+    let server = w.server(&["--users", "30000", "--delay-us", "20"]);
     let config = w.config(true, "");
     let mut sidecar = w.sidecar(&config);
     let first = w.path().join("first.txt");
     let arg = first.to_string_lossy().to_string();
-    let mut client = w.client_proc(&[
+    let mut args = vec![
         "users",
         "--role",
         "admin",
@@ -162,7 +163,11 @@ fn a_sidecar_killed_while_a_slow_app_lags_leaves_nothing_undelivered() {
         &arg,
         "--slow-us",
         "2000",
-    ]);
+    ];
+    if let Some(window) = window {
+        args.extend(["--window", window]);
+    }
+    let mut client = w.client_proc(&args);
     // Long enough for the backlog to outgrow the app's socket receive buffer (128 KiB while it
     // reads slowly): the rest waits in the sidecar's send queue.
     wait_until("slow client progress", LONG, || lines(&first).len() >= 3000);
@@ -173,11 +178,21 @@ fn a_sidecar_killed_while_a_slow_app_lags_leaves_nothing_undelivered() {
             .is_some_and(|m| m > 0)
     });
     sidecar.kill9();
-    // The app reads what its kernel already had, then its call breaks.
-    client.wait_exit(LONG);
+    if app_dies {
+        client.kill9();
+    } else {
+        client.wait_exit(LONG);
+    }
     let _sidecar = w.sidecar(&config);
-    let (second, status, summary) = admins_again(&w);
+    let second = w.path().join("second.txt");
+    let arg = second.to_string_lossy().to_string();
+    let mut args = vec!["users", "--role", "admin", "--record", &arg];
+    if let Some(window) = window {
+        args.extend(["--window", window]);
+    }
+    let (status, summary) = w.client(&args);
     assert!(status.success(), "{summary}");
+    drop(server);
     let (first, second) = (lines(&first), lines(&second));
     let admins = admin_ids(30000);
     let at = second
@@ -191,18 +206,52 @@ fn a_sidecar_killed_while_a_slow_app_lags_leaves_nothing_undelivered() {
     );
     assert!(
         at <= first.len(),
-        "resumed at admin {at}, but the app had read only {}: admins {}..{at} were lost with \
-         the sidecar",
+        "resumed at admin {at}, but the app had recorded only {}: admins {}..{at} were lost",
         first.len(),
         first.len() + 1
     );
     assert_eq!(
         second,
         admins[at..],
-        "second run: everything from the checkpoint on"
+        "second run: everything from the resume point on"
     );
+    (w, first, second, at)
+}
+
+/// (On loopback with one stream the kernel still delivers the sidecar's send queue after the
+/// kill, so this passes without the send-queue bound as well; the loss that bound fixes shows
+/// with many streams on one connection, in the soak's seed 7: docs/reliability.md.)
+#[test]
+fn a_sidecar_killed_while_a_slow_app_lags_leaves_nothing_undelivered() {
+    let (_w, first, _, at) = sidecar_killed_while_a_slow_app_lags(false, None);
     eprintln!(
         "delivered again after the sidecar's death: {} users",
+        first.len() - at
+    );
+}
+
+/// The soak's finding 8 (seed 20261203, `p0-j0088`): the sidecar and then its app die while
+/// the app lags, so the backlog the app's kernel held dies unread. The takeover must start at
+/// the replay point (what the app surely read), not at the checkpoint (what reached the app's
+/// kernel). Without the replay point this loses the admins between the two.
+#[test]
+fn a_pod_killed_while_its_slow_app_lags_resumes_from_what_the_app_read() {
+    // A 64 KiB window (tonic's default is 2 MiB, more than this stream holds by the kill):
+    // the replay point is about that far behind, so the takeover neither skips nor starts
+    // over.
+    let (w, first, _, at) = sidecar_killed_while_a_slow_app_lags(true, Some("65535"));
+    let job = only_job(&w);
+    let replayed: u64 = w
+        .job_field(&job, "replayed")
+        .and_then(|r| r.parse().ok())
+        .expect("replayed recorded at the takeover");
+    assert!(replayed > 0, "the takeover moved back by nothing");
+    assert!(
+        at > 0,
+        "the replay point went back to the start: more than a 64 KiB window behind"
+    );
+    eprintln!(
+        "the takeover moved back {replayed} messages; delivered again: {} users",
         first.len() - at
     );
 }

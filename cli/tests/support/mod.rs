@@ -178,6 +178,7 @@ impl Fixture {
                 offset: Some(offset.to_owned()),
                 messages,
                 lease_ttl: Duration::from_secs(60),
+                replay: None,
             })
             .await?;
         ensure!(written.is_ok(), "checkpoint of {job_id} fenced");

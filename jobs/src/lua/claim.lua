@@ -27,6 +27,7 @@ local function start(fence)
   redis.call('HSET', job, 'service', ARGV[3], 'method', ARGV[4], 'request', ARGV[5],
     'request_json', ARGV[6], 'offset', '', 'started_at', int(now), 'messages', '0',
     'resumes', '0', 'last_error', '')
+  redis.call('HDEL', job, 'replay_offset', 'replay_messages', 'replayed')
   own(fence)
   return { 'fresh', fence }
 end
@@ -79,6 +80,17 @@ end
 
 if old_pod then
   redis.call('SREM', pod_jobs_key(prefix, old_pod), job_id)
+end
+-- An owner that died without letting the job go (`orphaned`, or `running` with its lease
+-- expired) starts the takeover at its replay point, so that what its app never read is sent
+-- again, never skipped (common.lua). A job let go (`interrupted`) resumes where it says.
+if status == 'orphaned' or status == 'running' then
+  local at, count = rewind_to_replay(job)
+  if at then
+    offset, messages = at, count
+  end
+else
+  redis.call('HDEL', job, 'replay_offset', 'replay_messages')
 end
 redis.call('HINCRBY', job, 'resumes', 1)
 own(next_fence)

@@ -35,3 +35,23 @@ local function may_write(job, fence)
   end
   return 1
 end
+
+-- The replay point an owner's checkpoints left (checkpoint.lua): where the job resumes when
+-- its owner died without saying where it stands, because its app may hold the rest unread (a
+-- pod killed takes the app with it). Moves the job's offset and messages there and records
+-- how many messages that moved back as `replayed`. Either way the replay point is used up.
+-- Returns the offset and messages moved to, or nil when no replay point was stored.
+local function rewind_to_replay(job)
+  local h = redis.call('HMGET', job, 'replay_offset', 'replay_messages', 'messages')
+  redis.call('HDEL', job, 'replay_offset', 'replay_messages')
+  local offset, at, forwarded = h[1], h[2], h[3]
+  if not offset or not at or not string.match(at, '^%d+$') then
+    return nil
+  end
+  local back = (tonumber(forwarded) or 0) - tonumber(at)
+  if back < 0 then
+    return nil
+  end
+  redis.call('HSET', job, 'offset', offset, 'messages', at, 'replayed', int(back))
+  return offset, at
+end

@@ -135,6 +135,7 @@ pub fn checkpoint(job_id: &str, fence: u64, offset: Option<&str>, messages: u64)
         offset: offset.map(str::to_owned),
         messages,
         lease_ttl: Duration::from_secs(60),
+        replay: None,
     }
 }
 

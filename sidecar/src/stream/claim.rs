@@ -10,7 +10,9 @@ use tokio::sync::oneshot;
 
 use super::call::{Call, base64_encode, independent_id};
 use super::{Claimed, Recipient, Reply, StreamCtx, Task};
-use crate::{descriptors::ResumableMethod, grpc::ProxyBody, offset::Offset, request};
+use crate::{
+    config::ResumeMode, descriptors::ResumableMethod, grpc::ProxyBody, offset::Offset, request,
+};
 
 /// How long a new request waits for a task of this process whose app went away to write the
 /// job's state before it takes the job over.
@@ -31,9 +33,38 @@ impl Task {
             req,
         )
         .await?;
+        if method.mode == ResumeMode::Deliver {
+            wait_for_redis(&ctx, &method).await?;
+        }
         let claimed = claim(&ctx, &method, &call).await;
         Ok(Task::new(ctx, method, claimed, call, Recipient::App))
     }
+}
+
+/// A `deliver` job must be in Redis before its stream starts: the app counts on another pod
+/// delivering the rest if this sidecar dies, and a job only in this process's memory dies with
+/// it (the soak's finding 10). So while Redis is down the call waits for it, up to the method's
+/// `max_outage`, and then ends `UNAVAILABLE` before any response: an app calling again later
+/// loses nothing. An `on_request` job goes on in memory instead: its app asks again itself.
+async fn wait_for_redis(ctx: &StreamCtx, method: &ResumableMethod) -> Result<(), Reply> {
+    if !ctx.store.redis_down() {
+        return Ok(());
+    }
+    tracing::info!(method = %method.name, "redis is down: a deliver-mode call waits for it before its stream starts");
+    let deadline = tokio::time::Instant::now() + method.max_outage;
+    while ctx.store.redis_down() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(super::reject(
+                crate::grpc::code::UNAVAILABLE,
+                format!(
+                    "reprise: the job store (redis) is unreachable, and a deliver-mode job must be stored before its stream starts; waited max_outage ({:?})",
+                    method.max_outage
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// Claims the job of `call`: under its own id, or under an independent one when a live owner

@@ -25,6 +25,10 @@ struct Args {
     /// gRPC deadline for the whole call, e.g. 30s.
     #[arg(long, value_name = "DURATION", global = true, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// The HTTP/2 initial stream window to announce, in bytes (default tonic's, 2 MiB): what
+    /// the client may hold unread.
+    #[arg(long, value_name = "BYTES", global = true)]
+    window: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -137,7 +141,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let conn = match Connection::new(&args.target, &args.metadata, args.timeout) {
+    let conn = match Connection::new(&args.target, &args.metadata, args.timeout, args.window) {
         Ok(conn) => conn,
         Err(e) => {
             eprintln!("demo-client: {e}");

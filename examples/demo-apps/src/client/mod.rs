@@ -57,10 +57,13 @@ pub struct Connection {
 impl Connection {
     /// Connects lazily: an unreachable target shows up as an UNAVAILABLE call, reported in the
     /// summary like any other status.
+    /// `window`: the HTTP/2 initial stream window the client announces (tonic's default, 2 MiB,
+    /// when `None`): what it may hold unread, so what a sidecar replays after a death.
     pub fn new(
         target: &str,
         metadata: &[(String, String)],
         timeout: Option<Duration>,
+        window: Option<u32>,
     ) -> Result<Self, ClientError> {
         let endpoint =
             Endpoint::from_shared(target.to_owned()).map_err(|source| ClientError::Target {
@@ -71,6 +74,7 @@ impl Connection {
         let channel = endpoint
             .tcp_nodelay(true)
             .http2_max_header_list_size(MAX_METADATA_BYTES)
+            .initial_stream_window_size(window)
             .connect_lazy();
         let mut map = MetadataMap::new();
         for (key, value) in metadata {

@@ -49,7 +49,7 @@ pub fn connect(addr: SocketAddr, metadata: &[(&str, &str)]) -> Connection {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    Connection::new(&format!("http://{addr}"), &metadata, Some(DEADLINE)).expect("connection")
+    Connection::new(&format!("http://{addr}"), &metadata, Some(DEADLINE), None).expect("connection")
 }
 
 /// A demo-server child process, killed when dropped.
