@@ -369,6 +369,17 @@ async fn orphan_by_owner_matches_uid_then_namespace() -> Result<()> {
     .await
 }
 
+/// The recoverer's verdict that pod-a (no namespace, no uid recorded) is dead.
+fn pod_a_dead() -> OrphanIf {
+    OrphanIf::OwnedBy {
+        pod: "pod-a".into(),
+        namespace: String::new(),
+        uid: None,
+        spare: None,
+        include_unknown_namespace: true,
+    }
+}
+
 /// A checkpoint's replay point (where a takeover starts if its owner dies without saying where
 /// the job stands) is stored beside the offset; each way a dead owner's job is taken up starts
 /// there and says how far back it moved (`replayed`), and each way an owner lets its job go
@@ -420,13 +431,7 @@ async fn a_dead_owners_job_resumes_from_its_replay_point() -> Result<()> {
         // Orphaned by the recoverer: the same, through the claim.
         f.store.claim(&new_job("orphan", &owner("pod-a"), LONG)).await?;
         assert_eq!(f.store.checkpoint(&with_replay("orphan")).await?, Write::Ok);
-        let dead = OrphanIf::OwnedBy {
-            pod: "pod-a".into(),
-            namespace: String::new(),
-            uid: None,
-            spare: None,
-            include_unknown_namespace: true,
-        };
+        let dead = pod_a_dead();
         let store = RedisStore::connect(&support::redis_url(), f.keys.prefix()).await?;
         assert!(store.orphan("orphan", &dead, "pod deleted").await?.is_some());
         let claim = f.store.take_over(&new_job("orphan", &owner("pod-b"), LONG)).await?;
@@ -476,13 +481,7 @@ async fn a_dead_owners_job_resumes_from_its_replay_point() -> Result<()> {
 async fn an_orphaned_job_nobody_took_up_takes_its_owners_end() -> Result<()> {
     with_redis(|mut f| async move {
         let store = RedisStore::connect(&support::redis_url(), f.keys.prefix()).await?;
-        let dead = OrphanIf::OwnedBy {
-            pod: "pod-a".into(),
-            namespace: String::new(),
-            uid: None,
-            spare: None,
-            include_unknown_namespace: true,
-        };
+        let dead = pod_a_dead();
         for id in ["done", "taken", "let-go"] {
             f.store.claim(&new_job(id, &owner("pod-a"), LONG)).await?;
             assert_eq!(store.orphan(id, &dead, "lease expired").await?, Some(2));
