@@ -338,9 +338,9 @@ impl Checkpointer {
         }
         // A checkpoint's offset is what reaches the app if the app outlives this sidecar:
         // behind what hyper and its kernel still held for the app (that dies with it), not at
-        // what the app's connection took. So first, per slot, where the stream stands and what hyper holds;
-        // then the kernel's send queues, read after (whatever moves from hyper to the kernel
-        // in between is counted twice, never missed).
+        // what the app's connection took. So first, per slot, where the stream stands and
+        // what hyper holds; then the kernel's send queues, read after (whatever moves from
+        // hyper to the kernel in between is counted twice, never missed).
         let mut due = Vec::new();
         for slot in slots {
             let Ok(mut s) = slot.state.lock() else {

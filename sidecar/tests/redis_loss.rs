@@ -319,11 +319,7 @@ fn an_app_killed_while_redis_stalls_is_resumed_once_redis_answers() {
     // The request comes at once, while the sidecar still counts Redis as down (its probe
     // runs once a second): it must ask Redis all the same, for a job it knows is there.
     signal(18); // SIGCONT
-    let second = w.path().join("second.txt");
-    let arg = second.to_string_lossy().to_string();
-    let (status, summary) = w.client(&[
-        "users", "--role", "admin", "--record", &arg, window[0], window[1],
-    ]);
+    let (second, status, summary) = crate::restart::admins_again_with(&w, &window);
     assert!(status.success(), "{summary}");
     let ids: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:job:*", w.prefix))
@@ -341,25 +337,11 @@ fn an_app_killed_while_redis_stalls_is_resumed_once_redis_answers() {
         .expect("resumes");
     assert!(resumes >= 1, "the job was not resumed");
     let (first, second) = (lines(&first), lines(&second));
-    let admins = admin_ids(USERS);
-    let at = second
-        .first()
-        .and_then(|id| admins.iter().position(|a| a == id))
-        .unwrap_or(admins.len());
-    assert!(
-        at <= first.len(),
-        "resumed at admin {at}, past the {} the app recorded",
-        first.len()
-    );
+    let at = crate::restart::assert_resumed_within(&first, &second, &admin_ids(USERS));
     assert!(
         at > 0,
         "the identical request started from scratch (the app had recorded {})",
         first.len()
-    );
-    assert_eq!(
-        second,
-        admins[at..],
-        "second run: everything from the resume point"
     );
     assert_eq!(w.metric("reprise_store_pending_final_states", &[]), 0.0);
 }

@@ -48,10 +48,55 @@ pub(crate) fn admins_again(
     std::process::ExitStatus,
     serde_json::Value,
 ) {
+    admins_again_with(w, &[])
+}
+
+/// The same, with more client flags (e.g. `--window`).
+pub(crate) fn admins_again_with(
+    w: &World,
+    flags: &[&str],
+) -> (
+    std::path::PathBuf,
+    std::process::ExitStatus,
+    serde_json::Value,
+) {
     let second = w.path().join("second.txt");
     let arg = second.to_string_lossy().to_string();
-    let (status, summary) = w.client(&["users", "--role", "admin", "--record", &arg]);
+    let mut args = vec!["users", "--role", "admin", "--record", &arg];
+    args.extend_from_slice(flags);
+    let (status, summary) = w.client(&args);
     (second, status, summary)
+}
+
+/// Where the second run began (its first admin; the end if it got none), after checking that
+/// the first run is an in-order prefix, that the second began no later than what the first
+/// recorded (nothing skipped), and that it got every admin from there on.
+pub(crate) fn assert_resumed_within(
+    first: &[String],
+    second: &[String],
+    admins: &[String],
+) -> usize {
+    let at = second
+        .first()
+        .and_then(|id| admins.iter().position(|a| a == id))
+        .unwrap_or(admins.len());
+    assert_eq!(
+        first,
+        &admins[..first.len()],
+        "first run: an in-order prefix"
+    );
+    assert!(
+        at <= first.len(),
+        "resumed at admin {at}, but the app had recorded only {}: admins {}..{at} were lost",
+        first.len(),
+        first.len() + 1
+    );
+    assert_eq!(
+        second,
+        &admins[at..],
+        "second run: everything from the resume point on"
+    );
+    at
 }
 
 /// Checks the second run got exactly the users after the stored offset and the first run an
@@ -184,37 +229,12 @@ fn sidecar_killed_while_a_slow_app_lags(
         client.wait_exit(LONG);
     }
     let _sidecar = w.sidecar(&config);
-    let second = w.path().join("second.txt");
-    let arg = second.to_string_lossy().to_string();
-    let mut args = vec!["users", "--role", "admin", "--record", &arg];
-    if let Some(window) = window {
-        args.extend(["--window", window]);
-    }
-    let (status, summary) = w.client(&args);
+    let flags: Vec<&str> = window.map(|w| vec!["--window", w]).unwrap_or_default();
+    let (second, status, summary) = admins_again_with(&w, &flags);
     assert!(status.success(), "{summary}");
     drop(server);
     let (first, second) = (lines(&first), lines(&second));
-    let admins = admin_ids(30000);
-    let at = second
-        .first()
-        .and_then(|id| admins.iter().position(|a| a == id))
-        .unwrap_or(admins.len());
-    assert_eq!(
-        first,
-        admins[..first.len()],
-        "first run: an in-order prefix"
-    );
-    assert!(
-        at <= first.len(),
-        "resumed at admin {at}, but the app had recorded only {}: admins {}..{at} were lost",
-        first.len(),
-        first.len() + 1
-    );
-    assert_eq!(
-        second,
-        admins[at..],
-        "second run: everything from the resume point on"
-    );
+    let at = assert_resumed_within(&first, &second, &admin_ids(30000));
     (w, first, second, at)
 }
 
