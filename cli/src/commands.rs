@@ -117,6 +117,7 @@ mod tests {
             request_b64: String::new(),
             request_json: "{}".to_owned(),
             lease_expires_at_ms: None,
+            resume: None,
         }
     }
 

@@ -109,7 +109,7 @@ pub fn details(job: &JobRecord, now: u64) -> String {
         };
         format!("{until} ({}, {relative})", rfc3339(until))
     };
-    let fields: [(&str, String); 18] = [
+    let fields: [(&str, String); 19] = [
         ("job_id", text(&job.job_id)),
         ("service", text(&job.service)),
         ("method", text(&job.method)),
@@ -138,6 +138,10 @@ pub fn details(job: &JobRecord, now: u64) -> String {
         (
             "last_error",
             job.last_error.as_deref().map_or_else(none, text),
+        ),
+        (
+            "resume_mode",
+            job.resume.map_or_else(none, |m| m.as_str().to_owned()),
         ),
         ("request", text(&job.request_b64)),
     ];
@@ -240,6 +244,7 @@ pub struct JobJson<'a> {
     messages: u64,
     resumes: u64,
     last_error: Option<&'a str>,
+    resume_mode: Option<&'static str>,
     request: &'a str,
     request_json: serde_json::Value,
 }
@@ -264,6 +269,7 @@ impl<'a> From<&'a JobRecord> for JobJson<'a> {
             messages: job.messages,
             resumes: job.resumes,
             last_error: job.last_error.as_deref(),
+            resume_mode: job.resume.map(reprise_jobs::ResumeMode::as_str),
             request: &job.request_b64,
             request_json: serde_json::from_str(&job.request_json)
                 .unwrap_or_else(|_| serde_json::Value::String(job.request_json.clone())),
@@ -294,6 +300,7 @@ mod tests {
             request_b64: "CgV0b3BpYw==".to_owned(),
             request_json: r#"{"topic":"t","n":1}"#.to_owned(),
             lease_expires_at_ms: Some(1_767_225_707_000),
+            resume: Some(reprise_jobs::ResumeMode::Deliver),
         }
     }
 

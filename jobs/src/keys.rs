@@ -62,6 +62,14 @@ impl Keys {
         format!("{}:leases", self.prefix)
     }
 
+    /// `{prefix}:handoffs` — the `deliver` jobs waiting for a pod of their service to take them
+    /// over (`interrupted` or `orphaned`), scored by when they were let go (epoch ms, Redis
+    /// clock); the recoverer offers a job again once it has waited its `handoff_retry`, and
+    /// after each offer moves the score on by the backoff. A claim takes the job out.
+    pub fn handoffs(&self) -> String {
+        format!("{}:handoffs", self.prefix)
+    }
+
     /// `{prefix}:outbox` — a list of event JSON bodies (oldest first) that could not be
     /// published while RabbitMQ was unreachable; drained by any pod once it is back.
     pub fn outbox(&self) -> String {

@@ -48,10 +48,12 @@ pub use events::{DecodeError, EVENT_VERSION, Event, EventKind};
 pub use keys::{DEFAULT_PREFIX, Keys};
 pub use listen::{AcceptBackoff, AcceptFailed, Acceptor};
 pub use memory::MemoryStore;
-pub use model::{Checkpoint, Claim, Finish, JobRecord, NewJob, Owner, Position, Restore, Write};
+pub use model::{
+    Checkpoint, Claim, Finish, JobRecord, NewJob, Owner, Position, Restore, ResumeMode, Write,
+};
 pub use outbox::{Outbox, OutboxError};
 pub use publisher::{PublishError, Publisher, Sent};
 pub use record::FIELDS;
-pub use redis_store::{OrphanIf, RedisStore, SidecarInstance};
+pub use redis_store::{DueHandoff, OrphanIf, RedisStore, SidecarInstance};
 pub use status::{JobStatus, UnknownStatus};
 pub use store::JobStore;

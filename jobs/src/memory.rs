@@ -118,6 +118,7 @@ fn fresh(job: &NewJob, fence: u64, now: Now) -> Entry {
             request_b64: job.request_b64.clone(),
             request_json: job.request_json.clone(),
             lease_expires_at_ms: None,
+            resume: Some(job.resume),
         },
         lease_deadline: None,
     };

@@ -80,6 +80,38 @@ pub struct NewJob {
     pub owner: Owner,
     /// How long the claim holds without a checkpoint before others may take the job over.
     pub lease_ttl: Duration,
+    /// Who resumes the job once it is let go: its app (`on_request`) or any pod of the service
+    /// (`deliver`). Stored as `resume_mode`; a `deliver` job waiting for a pod is indexed in
+    /// `{prefix}:handoffs`, so that the recoverer offers it again if its event was lost.
+    pub resume: ResumeMode,
+}
+
+/// A resumable method's `resume` setting, as far as the job store cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// The job waits, `interrupted`, until an app sends the matching request again.
+    OnRequest,
+    /// Another sidecar claims the job and hands the rest to its app's ResumeSink.
+    Deliver,
+}
+
+impl ResumeMode {
+    /// The value of the job hash's `resume_mode` field (the config's spelling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResumeMode::OnRequest => "on_request",
+            ResumeMode::Deliver => "deliver",
+        }
+    }
+
+    /// The inverse of [`ResumeMode::as_str`].
+    pub fn parse(text: &str) -> Option<ResumeMode> {
+        match text {
+            "on_request" => Some(ResumeMode::OnRequest),
+            "deliver" => Some(ResumeMode::Deliver),
+            _ => None,
+        }
+    }
 }
 
 /// The outcome of [`JobStore::claim`](crate::JobStore::claim).
@@ -210,6 +242,8 @@ pub struct JobRecord {
     pub request_json: String,
     /// Meaningful while `running`; cleared when the job leaves it.
     pub lease_expires_at_ms: Option<u64>,
+    /// `None` for a job written before the field existed.
+    pub resume: Option<ResumeMode>,
 }
 
 /// Milliseconds as Redis and the hash count them; saturates instead of wrapping.

@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 
-use crate::{JobRecord, JobStatus, Owner, StoreError};
+use crate::{JobRecord, JobStatus, Owner, ResumeMode, StoreError};
 
 /// The fields of a job's hash, as the stores write them (the job id is in the key).
-/// `owner_namespace` and `owner_uid` are empty when the owner did not know them, and absent
-/// from hashes written before they existed.
-pub const FIELDS: [&str; 18] = [
+/// `owner_namespace` and `owner_uid` are empty when the owner did not know them; they and
+/// `resume_mode` (`on_request` | `deliver`) are absent from hashes written before they existed.
+pub const FIELDS: [&str; 19] = [
     "service",
     "method",
     "status",
@@ -29,6 +29,7 @@ pub const FIELDS: [&str; 18] = [
     "request",
     "request_json",
     "lease_expires_at",
+    "resume_mode",
 ];
 
 /// Parses `HGETALL` output. Empty and absent optional fields both mean "none".
@@ -69,6 +70,15 @@ pub(crate) fn parse(
         Some(v) => Some(number("lease_expires_at", &v)?),
         None => None,
     };
+    let resume = match optional(text("resume_mode").unwrap_or_default()) {
+        Some(v) => Some(ResumeMode::parse(&v).ok_or_else(|| {
+            corrupt(
+                "resume_mode",
+                format!("{v:?} is not a resume mode; valid: on_request, deliver"),
+            )
+        })?),
+        None => None,
+    };
     Ok(JobRecord {
         job_id: job_id.to_owned(),
         service: text("service")?,
@@ -91,6 +101,7 @@ pub(crate) fn parse(
         request_b64: text("request")?,
         request_json: text("request_json")?,
         lease_expires_at_ms,
+        resume,
     })
 }
 
@@ -101,7 +112,7 @@ mod tests {
     fn hash() -> HashMap<String, String> {
         let values = [
             "svc", "m", "running", "41", "pod-a", "i-1", "apps", "u-1", "3", "1000", "2000", "",
-            "41", "2", "", "AAE=", "{}", "3000",
+            "41", "2", "", "AAE=", "{}", "3000", "deliver",
         ];
         FIELDS
             .iter()

@@ -60,6 +60,16 @@ pub enum OrphanIf {
     },
 }
 
+/// A `deliver` job [`RedisStore::due_handoffs`] found waiting too long for a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueHandoff {
+    pub job_id: String,
+    /// `Interrupted` (let go by its owner) or `Orphaned` (its owner died).
+    pub status: crate::JobStatus,
+    /// How many times it has been offered again, this time included.
+    pub offers: u64,
+}
+
 /// The sidecar process running in a pod, as it registered itself at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SidecarInstance {
@@ -100,6 +110,7 @@ impl RedisStore {
             .orphan
             .key(self.keys.job(job_id))
             .key(self.keys.leases())
+            .key(self.keys.handoffs())
             .arg(self.keys.prefix())
             .arg(job_id)
             .arg(mode)
@@ -233,6 +244,7 @@ impl RedisStore {
             .key(self.keys.job(&job.job_id))
             .key(self.keys.leases())
             .key(self.keys.pod_jobs(&job.owner.pod))
+            .key(self.keys.handoffs())
             .arg(self.keys.prefix())
             .arg(&job.job_id)
             .arg(&job.service)
@@ -245,6 +257,7 @@ impl RedisStore {
             .arg(if takeover_only { "1" } else { "0" })
             .arg(job.owner.namespace.as_deref().unwrap_or(""))
             .arg(job.owner.uid.as_deref().unwrap_or(""))
+            .arg(job.resume.as_str())
             .invoke_async(&mut self.conn())
             .await
             .map_err(StoreError::redis("claim"))
@@ -298,6 +311,47 @@ impl RedisStore {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// The `deliver` jobs let go at least `first` ago that no pod has claimed since; each is
+    /// rescheduled by a backoff that starts at `first` and doubles per offer up to `max` (see
+    /// `lua/due_handoffs.lua`). At most `limit`, the most overdue first: who offers them again
+    /// publishes their event.
+    pub async fn due_handoffs(
+        &self,
+        limit: usize,
+        first: Duration,
+        max: Duration,
+    ) -> Result<Vec<DueHandoff>, StoreError> {
+        let flat: Vec<String> = self
+            .scripts
+            .due_handoffs
+            .key(self.keys.handoffs())
+            .arg(self.keys.prefix())
+            .arg(limit)
+            .arg(duration_ms(first).max(1))
+            .arg(duration_ms(max.max(first)).max(1))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("due_handoffs"))?;
+        let protocol = |detail: String| StoreError::Protocol {
+            script: "due_handoffs",
+            detail,
+        };
+        flat.chunks(3)
+            .map(|c| match c {
+                [id, status, offers] => Ok(DueHandoff {
+                    job_id: id.clone(),
+                    status: status
+                        .parse()
+                        .map_err(|_| protocol(format!("status {status:?}")))?,
+                    offers: offers
+                        .parse()
+                        .map_err(|_| protocol(format!("offers {offers:?}")))?,
+                }),
+                other => Err(protocol(format!("{other:?}"))),
+            })
+            .collect()
     }
 
     pub(crate) fn conn(&self) -> ConnectionManager {
@@ -425,6 +479,7 @@ impl JobStore for RedisStore {
         invocation
             .key(self.keys.job(&f.job_id))
             .key(self.keys.leases())
+            .key(self.keys.handoffs())
             .arg(self.keys.prefix())
             .arg(&f.job_id)
             .arg(f.fence)
@@ -459,7 +514,8 @@ impl JobStore for RedisStore {
             .arg(duration_ms(job.lease_ttl))
             .arg(&r.note)
             .arg(job.owner.namespace.as_deref().unwrap_or(""))
-            .arg(job.owner.uid.as_deref().unwrap_or(""));
+            .arg(job.owner.uid.as_deref().unwrap_or(""))
+            .arg(job.resume.as_str());
         self.fenced_write("restore", &invocation).await
     }
 

@@ -24,6 +24,7 @@ pub(crate) struct Scripts {
     pub expired_leases: Script,
     pub orphan: Script,
     pub restore: Script,
+    pub due_handoffs: Script,
 }
 
 impl Scripts {
@@ -36,6 +37,7 @@ impl Scripts {
             expired_leases: script(include_str!("lua/expired_leases.lua")),
             orphan: script(include_str!("lua/orphan.lua")),
             restore: script(include_str!("lua/restore.lua")),
+            due_handoffs: script(include_str!("lua/due_handoffs.lua")),
         }
     }
 }

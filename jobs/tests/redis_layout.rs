@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use redis::AsyncCommands;
-use reprise_jobs::{Claim, FIELDS, JobStatus, OrphanIf, RedisStore, StoreError, Write};
+use reprise_jobs::{
+    Claim, FIELDS, JobStatus, JobStore as _, OrphanIf, RedisStore, ResumeMode, StoreError, Write,
+};
 use support::{Fixture, checkpoint, finish, new_job, owner, wait_for_expiry, with_redis};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -508,6 +510,127 @@ async fn an_orphaned_job_nobody_took_up_takes_its_owners_end() -> Result<()> {
         let end = finish("let-go", 1, JobStatus::Interrupted, Some("50"));
         assert_eq!(f.store.finish(&end).await?, Write::Fenced);
         assert_eq!(field(&hash(&mut f, "let-go").await?, "status")?, "orphaned");
+        Ok(())
+    })
+    .await
+}
+
+/// A `deliver` job let go (handed off, or orphaned) waits in `{prefix}:handoffs` until a pod
+/// claims it; one the pods never take is due once it has waited the recoverer's
+/// `handoff_retry`, and then after a backoff that doubles per offer up to the cap. `on_request` jobs never enter: their
+/// apps ask for them. (Findings 12 and 13 of docs/reliability.md: a job whose event was lost,
+/// or that nobody was told about, waited `interrupted` forever.)
+#[tokio::test]
+async fn a_deliver_job_let_go_waits_in_the_handoff_index_until_claimed() -> Result<()> {
+    with_redis(|mut f| async move {
+        let retry = Duration::from_millis(300);
+        let store = RedisStore::connect(&support::redis_url(), f.keys.prefix()).await?;
+        let deliver = |id: &str, pod: &str| {
+            let mut job = new_job(id, &owner(pod), LONG);
+            job.resume = ResumeMode::Deliver;
+            job
+        };
+        let score = |f: &mut Fixture, id: &'static str| {
+            let (mut raw, key) = (f.raw.clone(), f.keys.handoffs());
+            async move { Ok::<Option<u64>, anyhow::Error>(raw.zscore(key, id).await?) }
+        };
+
+        store.claim(&deliver("handed", "pod-a")).await?;
+        store
+            .claim(&new_job("asked", &owner("pod-a"), LONG))
+            .await?;
+        store.claim(&deliver("orphan", "pod-a")).await?;
+        assert_eq!(
+            field(&hash(&mut f, "handed").await?, "resume_mode")?,
+            "deliver"
+        );
+        assert_eq!(
+            field(&hash(&mut f, "asked").await?, "resume_mode")?,
+            "on_request"
+        );
+        assert_eq!(score(&mut f, "handed").await?, None, "running: not waiting");
+
+        let before = redis_now_ms(&mut f).await?;
+        for id in ["handed", "asked"] {
+            let end = finish(id, 1, JobStatus::Interrupted, Some("7"));
+            assert_eq!(store.finish(&end).await?, Write::Ok);
+        }
+        assert_eq!(
+            store.orphan("orphan", &pod_a_dead(), "pod killed").await?,
+            Some(2)
+        );
+        let after = redis_now_ms(&mut f).await?;
+        for id in ["handed", "orphan"] {
+            let at = score(&mut f, id).await?.context("in the index")?;
+            ensure!(
+                (before..=after).contains(&at),
+                "{id} let go at {at}, not within {before}..{after}"
+            );
+        }
+        assert_eq!(
+            score(&mut f, "asked").await?,
+            None,
+            "on_request jobs wait for their app"
+        );
+        assert!(
+            store.due_handoffs(100, retry, LONG).await?.is_empty(),
+            "nothing is due before the retry"
+        );
+
+        // A pod claims one: it leaves the index. The other is never taken and comes due.
+        store.take_over(&deliver("handed", "pod-b")).await?;
+        assert_eq!(score(&mut f, "handed").await?, None);
+        tokio::time::sleep(retry + Duration::from_millis(50)).await;
+        let due = store.due_handoffs(100, retry, retry * 4).await?;
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(
+            (due[0].job_id.as_str(), due[0].status, due[0].offers),
+            ("orphan", JobStatus::Orphaned, 1)
+        );
+        assert_eq!(
+            field(&hash(&mut f, "orphan").await?, "handoff_offers")?,
+            "1"
+        );
+        // Each offer puts the next one off by twice as long, up to the cap: 2, 4, then 4
+        // retries (the score is when it counts as let go: due one retry after it).
+        let retry_ms = retry.as_millis() as u64;
+        let mut gaps = Vec::new();
+        for _ in 0..3 {
+            let now = redis_now_ms(&mut f).await?;
+            let let_go = score(&mut f, "orphan").await?.context("still waiting")?;
+            gaps.push((let_go + retry_ms).saturating_sub(now).div_ceil(retry_ms));
+            redis::cmd("ZADD")
+                .arg(f.keys.handoffs())
+                .arg(0)
+                .arg("orphan")
+                .query_async::<()>(&mut f.raw)
+                .await?;
+            assert_eq!(store.due_handoffs(100, retry, retry * 4).await?.len(), 1);
+        }
+        assert_eq!(gaps, [2, 4, 4], "the backoff in retries");
+
+        // A claim, then its end, takes it out for good; an id whose job ended leaves too.
+        let claim = store.take_over(&deliver("orphan", "pod-b")).await?;
+        assert!(
+            matches!(claim, Some(Claim::Resumed { fence: 3, .. })),
+            "{claim:?}"
+        );
+        assert_eq!(score(&mut f, "orphan").await?, None);
+        assert!(!hash(&mut f, "orphan").await?.contains_key("handoff_offers"));
+        let end = finish("orphan", 3, JobStatus::Completed, Some("9"));
+        assert_eq!(store.finish(&end).await?, Write::Ok);
+        redis::cmd("ZADD")
+            .arg(f.keys.handoffs())
+            .arg(0)
+            .arg("orphan")
+            .query_async::<()>(&mut f.raw)
+            .await?;
+        assert!(store.due_handoffs(100, retry, LONG).await?.is_empty());
+        assert_eq!(
+            score(&mut f, "orphan").await?,
+            None,
+            "a completed job leaves the index"
+        );
         Ok(())
     })
     .await

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     pub kube_synced: Gauge,
     pub unknown_owners: Gauge,
+    pub handoffs_offered_again: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -45,6 +46,7 @@ impl Default for Metrics {
         let reconcile_errors = Counter::default();
         let kube_synced = Gauge::default();
         let unknown_owners = Gauge::default();
+        let handoffs_offered_again = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "pods_dead",
             "Pods (or sidecar containers) seen dead, by reason",
@@ -75,6 +77,11 @@ impl Default for Metrics {
             "Owners of running jobs the pod store does not hold (two passes in a row): their jobs are left to their leases",
             unknown_owners.clone(),
         );
+        registry.register(
+            "handoffs_offered_again",
+            "Events published again for deliver jobs no pod took over within handoff_retry, labelled reason with the job's status (interrupted, orphaned)",
+            handoffs_offered_again.clone(),
+        );
         Metrics {
             registry,
             pods_dead,
@@ -83,6 +90,7 @@ impl Default for Metrics {
             reconcile_errors,
             kube_synced,
             unknown_owners,
+            handoffs_offered_again,
         }
     }
 }

@@ -12,6 +12,7 @@ pub const KEYS: &[&str] = &[
     "key_prefix",
     "metrics_listen",
     "reconcile_interval",
+    "handoff_retry",
     "namespaces",
     "label_selector",
     "kube",
@@ -27,6 +28,9 @@ pub struct Config {
     pub key_prefix: String,
     pub metrics_listen: SocketAddr,
     pub reconcile_interval: Duration,
+    /// How long a `deliver` job let go may wait for a pod before its event is published again
+    /// (then twice as long each time, up to 32 times this).
+    pub handoff_retry: Duration,
     /// Empty: every namespace.
     pub namespaces: Vec<String>,
     pub label_selector: String,
@@ -44,6 +48,7 @@ impl std::fmt::Debug for Config {
             .field("key_prefix", &self.key_prefix)
             .field("metrics_listen", &self.metrics_listen)
             .field("reconcile_interval", &self.reconcile_interval)
+            .field("handoff_retry", &self.handoff_retry)
             .field("namespaces", &self.namespaces)
             .field("label_selector", &self.label_selector)
             .field("kube", &self.kube)
@@ -89,6 +94,18 @@ impl Config {
                 Duration::from_secs(5)
             }
         };
+        let retry = text_of("handoff_retry").unwrap_or_else(|| {
+            humantime::format_duration(crate::reconcile::DEFAULT_HANDOFF_RETRY).to_string()
+        });
+        let handoff_retry = match humantime::parse_duration(&retry) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                errors.push(format!(
+                    "key `handoff_retry`: {retry:?} is not a positive duration; valid: e.g. 2s, 10s"
+                ));
+                crate::reconcile::DEFAULT_HANDOFF_RETRY
+            }
+        };
         let namespaces = namespaces(map.get("namespaces"), &mut errors);
         let label_selector =
             text_of("label_selector").unwrap_or_else(|| "reprise.dev/injected=true".into());
@@ -122,6 +139,7 @@ impl Config {
                 key_prefix,
                 metrics_listen,
                 reconcile_interval,
+                handoff_retry,
                 namespaces,
                 label_selector,
                 kube,

@@ -128,10 +128,12 @@ async fn run(config: Config, admin: std::net::TcpListener) -> anyhow::Result<Exi
     if pods.is_none() {
         tracing::info!("running on leases alone (no Kubernetes)");
     }
-    let reconciler = Reconciler::new(redis, bus.as_ref().map(|(_, p)| p.clone()), pods, metrics);
+    let reconciler = Reconciler::new(redis, bus.as_ref().map(|(_, p)| p.clone()), pods, metrics)
+        .with_handoff_retry(config.handoff_retry);
     tracing::info!(
         prefix = %config.key_prefix,
         interval = %humantime::format_duration(config.reconcile_interval),
+        handoff_retry = %humantime::format_duration(config.handoff_retry),
         "reprise-recoverer ready"
     );
 

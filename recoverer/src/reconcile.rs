@@ -9,6 +9,10 @@
 //! and reported ([`crate::unseen`]). Every change is one fenced Lua script that applies only to
 //! a job still `running` under the dead owner, so two recoverers at once (or a signal racing a
 //! reconcile) cannot orphan a job twice or publish its event twice.
+//!
+//! Each pass also offers again the `deliver` jobs that waited too long for a pod of their
+//! service ([`Reconciler::offer_again`]): an event can be lost (a broker restart, a consumer
+//! that died with it), and Redis, not the broker, says what waits.
 
 use std::{
     collections::BTreeMap,
@@ -79,10 +83,18 @@ pub struct Reconciler {
     pods: Option<Arc<dyn PodView>>,
     metrics: Arc<Metrics>,
     unseen: Mutex<UnseenOwners>,
+    handoff_retry: Duration,
 }
 
 /// How long a `pod.killed` report is remembered, so it is published once per pod.
 const POD_REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `handoff_retry` when the config names none.
+pub const DEFAULT_HANDOFF_RETRY: Duration = Duration::from_secs(10);
+/// At most this many jobs are offered again per pass (the most overdue first).
+const OFFERS_PER_PASS: usize = 1000;
+/// A job offered again waits twice as long each time, up to this many times `handoff_retry`.
+const OFFER_BACKOFF_MAX_FACTOR: u32 = 32;
 
 impl Reconciler {
     /// `pods` is `None` without Kubernetes (leases alone); `publisher` `None` without a broker.
@@ -98,7 +110,15 @@ impl Reconciler {
             pods,
             metrics,
             unseen: Mutex::default(),
+            handoff_retry: DEFAULT_HANDOFF_RETRY,
         }
+    }
+
+    /// How long a `deliver` job let go may wait for a pod before its event is published again
+    /// (the config's `handoff_retry`).
+    pub fn with_handoff_retry(mut self, after: Duration) -> Self {
+        self.handoff_retry = after;
+        self
     }
 
     /// One full pass. Returns the number of jobs orphaned.
@@ -158,7 +178,53 @@ impl Reconciler {
             }
         }
         self.report_unseen_owners().await?;
+        self.offer_again().await?;
         Ok(orphaned)
+    }
+
+    /// Publishes again the event of every `deliver` job that has waited for a pod longer than
+    /// its backoff (`{prefix}:handoffs`). Without a broker there is nobody to tell. A job no
+    /// pod can take (its sinks all gone) costs one event per backoff, at most one per 32
+    /// `handoff_retry`. A pod that finds it taken already acknowledges the event and moves on.
+    async fn offer_again(&self) -> Result<(), StoreError> {
+        let Some(publisher) = &self.publisher else {
+            return Ok(());
+        };
+        let (first, max) = (
+            self.handoff_retry,
+            self.handoff_retry * OFFER_BACKOFF_MAX_FACTOR,
+        );
+        for due in self.redis.due_handoffs(OFFERS_PER_PASS, first, max).await? {
+            let Some(record) = self.redis.get(&due.job_id).await? else {
+                continue;
+            };
+            let kind = match due.status {
+                JobStatus::Orphaned => EventKind::JobOrphaned,
+                _ => EventKind::JobInterrupted,
+            };
+            let why = format!(
+                "offered again ({}): no pod of {} took the job up",
+                due.offers, record.service
+            );
+            tracing::warn!(
+                job.id = %due.job_id,
+                status = due.status.as_str(),
+                offers = due.offers,
+                offset = record.offset.as_deref().unwrap_or(""),
+                "a deliver job waited for a pod too long; publishing its event again"
+            );
+            self.metrics
+                .handoffs_offered_again
+                .get_or_create(&ReasonLabels {
+                    reason: due.status.as_str().to_owned(),
+                })
+                .inc();
+            let event = Event::from_record(kind, &record).with_reason(&why);
+            if let Err(e) = publisher.publish(&event).await {
+                tracing::warn!(job.id = %due.job_id, error = %e, "event not published again; the next due time tries again");
+            }
+        }
+        Ok(())
     }
 
     /// Finds the owners of running jobs that the synced pod store does not hold; their jobs

@@ -15,11 +15,12 @@ const SYNC: Duration = Duration::from_secs(20);
 
 /// Starts the recoverer on leases alone.
 fn recoverer(w: &World) -> Proc {
-    recoverer_with(w, None)
+    recoverer_with(w, None, "")
 }
 
 /// Starts the recoverer; with `kubeconfig` it watches that API server's pods in `demo`.
-fn recoverer_with(w: &World, kubeconfig: Option<&std::path::Path>) -> Proc {
+/// `extra`: more config lines.
+fn recoverer_with(w: &World, kubeconfig: Option<&std::path::Path>, extra: &str) -> Proc {
     let config = w.path().join(format!("recoverer-{}.yaml", unique()));
     let kube = if kubeconfig.is_some() {
         "kube: true\nnamespaces: [demo]\n"
@@ -29,7 +30,7 @@ fn recoverer_with(w: &World, kubeconfig: Option<&std::path::Path>) -> Proc {
     std::fs::write(
         &config,
         format!(
-            "redis_url: {}\namqp_url: {}\nkey_prefix: {}\nmetrics_listen: 127.0.0.1:{}\nreconcile_interval: 200ms\n{kube}",
+            "redis_url: {}\namqp_url: {}\nkey_prefix: {}\nmetrics_listen: 127.0.0.1:{}\nreconcile_interval: 200ms\n{kube}{extra}",
             redis_url(),
             amqp_url(),
             w.prefix,
@@ -190,7 +191,7 @@ fn sigkill_reported_as_oomkilled_by_kubernetes_orphans_at_once_and_b_resumes() {
         sink_a,
     )));
     let _b = w.deliver_pod("pod-b", sink_b, long_lease);
-    let recoverer = recoverer_with(&w, Some(&kubeconfig));
+    let recoverer = recoverer_with(&w, Some(&kubeconfig), "");
     wait_until("recoverer's pod store synced", SYNC, || {
         recoverer.log_text().contains("pod store synced")
     });
@@ -241,4 +242,122 @@ fn sigkill_reported_as_oomkilled_by_kubernetes_orphans_at_once_and_b_resumes() {
         "recovered before the lease could lapse"
     );
     drop(rt);
+}
+
+/// The recoverer with `handoff_retry: 1s`, so a `deliver` job nobody took is offered within
+/// seconds.
+fn quick_reoffers(w: &World) -> Proc {
+    recoverer_with(w, None, "handoff_retry: 1s\n")
+}
+
+/// Finding 13 of docs/reliability.md: jobs handed off on SIGTERM, whose `job.interrupted` no
+/// pod ever received (the soak lost eleven around a RabbitMQ restart), waited `interrupted`
+/// for good. Here the event is lost for certain (the queue is purged before any pod of the
+/// service is up); the recoverer finds the job waiting in `{prefix}:handoffs` and publishes
+/// its event again, and B's sink gets exactly the rest.
+#[test]
+fn a_handoff_whose_event_was_lost_is_offered_again_and_delivered() {
+    let mut w = World::new();
+    w.amqp = true;
+    let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
+    let (sink_a, sink_b) = (free_port(), free_port());
+    let sink_record = w.path().join("sink-b.txt");
+    let _sink = w.sink(sink_b, &sink_record);
+    let mut a = w.sidecar(&w.deliver_config("pod-a", w.sidecar_port, w.metrics_port, sink_a));
+    let recoverer = quick_reoffers(&w);
+
+    let (mut app, first) = w.admins_streaming("first.txt", 2000);
+    a.signal(15);
+    assert!(
+        a.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        a.log_text()
+    );
+    assert!(
+        a.log_text()
+            .contains("published job.interrupted (confirmed)")
+    );
+    app.wait_exit(LONG);
+    assert!(
+        purge_resume_queue(&w.prefix) >= 1,
+        "the handoff event was in the queue"
+    );
+    let job = w.job_ids().pop().expect("a job");
+    assert_eq!(w.job_field(&job, "status").as_deref(), Some("interrupted"));
+
+    let _b = w.deliver_pod("pod-b", sink_b, |c| c);
+    let all = admin_ids(30000);
+    let got_a = lines(&first);
+    wait_until("B's sink received the rest", LONG, || {
+        lines(&sink_record).len() >= all.len() - got_a.len()
+    });
+    assert_eq!(got_a, all[..got_a.len()], "A's app: an in-order prefix");
+    assert_eq!(
+        lines(&sink_record),
+        all[got_a.len()..],
+        "B's sink: exactly the rest, none twice, none lost"
+    );
+    wait_until("job completed", LONG, || {
+        w.job_field(&job, "status").as_deref() == Some("completed")
+    });
+    assert!(
+        recoverer.log_text().contains("publishing its event again"),
+        "{}",
+        recoverer.log_text()
+    );
+}
+
+/// Finding 12 of docs/reliability.md: a `deliver` job whose upstream stayed away longer than
+/// `max_outage` is left `interrupted` (its app's call ends UNAVAILABLE), and nothing offered it
+/// to the service's pods again: its app, counting on its ResumeSink, never got the rest. Now
+/// the recoverer offers it once it has waited `handoff_retry` (and again, with a backoff, for
+/// as long as no pod takes it), and the pod's sink gets the rest.
+#[test]
+fn a_deliver_job_past_its_max_outage_is_delivered_once_the_upstream_is_back() {
+    let mut w = World::new();
+    w.amqp = true;
+    let mut server = w.server(&["--users", "30000", "--delay-us", "100"]);
+    let sink_port = free_port();
+    let sink_record = w.path().join("sink-a.txt");
+    let _sink = w.sink(sink_port, &sink_record);
+    let short_outage = |c: String| format!("{c}max_outage: 2s\n");
+    let _a = w.sidecar(&short_outage(w.deliver_config(
+        "pod-a",
+        w.sidecar_port,
+        w.metrics_port,
+        sink_port,
+    )));
+    let recoverer = quick_reoffers(&w);
+
+    let (mut app, first) = w.admins_streaming("first.txt", 2000);
+    server.kill9();
+    app.wait_exit(LONG);
+    let job = w.job_ids().pop().expect("a job");
+    wait_until("job interrupted by the outage", LONG, || {
+        w.job_field(&job, "status").as_deref() == Some("interrupted")
+    });
+    let said = app.log_text();
+    assert!(said.contains("upstream unavailable for 2s"), "{said}");
+    // Nobody asks for the job now: its app is done with the call.
+    let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
+
+    let all = admin_ids(30000);
+    let got_a = lines(&first);
+    wait_until("the sink received the rest", LONG, || {
+        lines(&sink_record).last() == all.last()
+    });
+    assert_eq!(got_a, all[..got_a.len()], "the app: an in-order prefix");
+    assert_eq!(
+        lines(&sink_record),
+        all[got_a.len()..],
+        "the sink: exactly the rest, none twice, none lost"
+    );
+    wait_until("job completed", LONG, || {
+        w.job_field(&job, "status").as_deref() == Some("completed")
+    });
+    assert!(
+        recoverer.log_text().contains("publishing its event again"),
+        "{}",
+        recoverer.log_text()
+    );
 }

@@ -130,13 +130,8 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResumeMode {
-    /// The job waits, `interrupted`, until an app sends the matching request again.
-    OnRequest,
-    /// Another sidecar claims the job and hands the rest to its app's ResumeSink.
-    Deliver,
-}
+/// A stream's `resume`: `on_request` or `deliver` (the job store records it with the job).
+pub use reprise_jobs::ResumeMode;
 
 /// What a job becomes when its app ends the call itself: RST_STREAM (CANCEL) while its
 /// connection lives, or its own deadline (`grpc-timeout`). A lost connection (the app died) is

@@ -115,6 +115,51 @@ pub fn check(
     v
 }
 
+/// What the settling watches, cheaply (the full check reads every line of every file, minutes
+/// for a long run): how many started jobs some app has the last message of, judged by the last
+/// line of each of the job's record files, and how many bytes the record files hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub jobs: usize,
+    pub ended: usize,
+    pub bytes: u64,
+}
+
+pub fn progress(
+    plans: &BTreeMap<String, Vec<Job>>,
+    dirs: &BTreeMap<String, std::path::PathBuf>,
+    started: &BTreeSet<String>,
+) -> Progress {
+    let mut p = Progress {
+        jobs: 0,
+        ended: 0,
+        bytes: 0,
+    };
+    let last_seq = |path: &std::path::Path, bytes: &mut u64| -> Option<u64> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let mut file = std::fs::File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        *bytes += len;
+        file.seek(SeekFrom::Start(len.saturating_sub(256))).ok()?;
+        let mut tail = String::new();
+        file.read_to_string(&mut tail).ok()?;
+        let line = tail.strip_suffix('\n')?.rsplit('\n').next()?;
+        line.split(' ').nth(1)?.parse().ok()
+    };
+    for jobs in plans.values() {
+        for job in jobs.iter().filter(|j| started.contains(&j.topic)) {
+            p.jobs += 1;
+            let mut ended = false;
+            for dir in dirs.values() {
+                let path = dir.join("rec").join(format!("{}.txt", job.topic));
+                ended |= last_seq(&path, &mut p.bytes) == Some(job.count);
+            }
+            p.ended += usize::from(ended);
+        }
+    }
+    p
+}
+
 fn read_receipts(
     dirs: &BTreeMap<String, std::path::PathBuf>,
     v: &mut Verdict,

@@ -68,9 +68,13 @@ struct Args {
     checkpoint_interval: String,
     #[arg(long, default_value = "3s")]
     lease_ttl: String,
-    /// How long the jobs may take to end once the faults stop, in seconds.
-    #[arg(long, default_value_t = 240)]
+    /// How long the jobs may take to end once the faults stop, in seconds, at most.
+    #[arg(long, default_value_t = 900)]
     settle_secs: u64,
+    /// Settling ends early once the apps' record files have not grown for this many seconds:
+    /// nothing is moving any more, and what is missing then is lost, not slow.
+    #[arg(long, default_value_t = 90)]
+    quiet_secs: u64,
     /// Keep the run's directory (every log, record file and the journal) and print it.
     #[arg(long)]
     keep_logs: bool,
@@ -974,16 +978,39 @@ fn soak(
         for pod in &fleet.pods {
             std::fs::write(pod.app_dir().join("stop"), "")?;
         }
-        let settle_deadline = Instant::now() + Duration::from_secs(args.settle_secs);
-        let verdict = loop {
+        // Judged by the last lines of the record files, which is cheap; the full check comes
+        // once, after.
+        let settle_started = Instant::now();
+        let settle_deadline = settle_started + Duration::from_secs(args.settle_secs);
+        let quiet = Duration::from_secs(args.quiet_secs);
+        let (mut last, mut grew_at) = (None, Instant::now());
+        let settled = loop {
             problems.extend(fleet.check_alive());
-            let started = started_topics(&dirs);
-            let v = check::check(&plans, &dirs, &started, &fleet.faults);
-            if v.jobs_complete == v.jobs || Instant::now() > settle_deadline {
-                break v;
+            let p = check::progress(&plans, &dirs, &started_topics(&dirs));
+            if last.is_none_or(|l: check::Progress| l.bytes != p.bytes) {
+                grew_at = Instant::now();
+            }
+            last = Some(p);
+            if p.ended == p.jobs {
+                break "every job has its last message";
+            }
+            if grew_at.elapsed() > quiet {
+                break "the record files stopped growing";
+            }
+            if Instant::now() > settle_deadline {
+                break "the settling deadline passed";
             }
             std::thread::sleep(Duration::from_secs(2));
         };
+        if let Some(p) = last {
+            println!(
+                "soak: settled after {:.0}s ({settled}): {} of {} jobs have their last message",
+                settle_started.elapsed().as_secs_f64(),
+                p.ended,
+                p.jobs
+            );
+        }
+        let verdict = check::check(&plans, &dirs, &started_topics(&dirs), &fleet.faults);
         let ended_at = unix_ms();
         // Redis has the sidecars' final writes a moment after the apps' last message.
         std::thread::sleep(Duration::from_secs(2));

@@ -154,6 +154,7 @@ impl Fixture {
             request_json: r#"{"topic":"topic","fromOffset":"0"}"#.to_owned(),
             owner: Owner::new(pod, format!("{pod}-instance")),
             lease_ttl: ttl,
+            resume: reprise_jobs::ResumeMode::OnRequest,
         };
         match self.store.claim(&job).await? {
             claim @ (Claim::Fresh { .. } | Claim::Resumed { .. }) => {

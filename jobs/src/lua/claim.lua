@@ -1,9 +1,9 @@
 -- Claim a job for a new run or a takeover.
--- KEYS: 1 job hash, 2 leases zset, 3 the claiming pod's job set
+-- KEYS: 1 job hash, 2 leases zset, 3 the claiming pod's job set, 4 handoffs zset
 -- ARGV: 1 prefix, 2 job id, 3 service, 4 method, 5 request (base64), 6 request_json,
 --       7 owner pod, 8 owner instance, 9 lease ttl (ms), 10 '1' for a takeover only (a handoff:
 --       never create a job nor restart a finished one), 11 owner namespace, 12 owner uid (both
---       '' when unknown)
+--       '' when unknown), 13 resume mode (`on_request` | `deliver`)
 -- Reply: {'fresh', fence} | {'resumed', fence, offset, messages, previous status}
 --      | {'gone', status or ''} (takeover only: nothing waits to be resumed)
 --      | {'busy', owner pod, owner instance, lease remaining (ms), owner namespace, owner uid}
@@ -18,9 +18,12 @@ local lease = now + tonumber(ARGV[9])
 
 local function own(fence)
   redis.call('HSET', job, 'status', 'running', 'owner_pod', pod, 'owner_instance', instance,
-    'owner_namespace', namespace, 'owner_uid', uid, 'fence', fence, 'updated_at', int(now), 'finished_at', '', 'lease_expires_at', int(lease))
+    'owner_namespace', namespace, 'owner_uid', uid, 'fence', fence, 'updated_at', int(now), 'finished_at', '', 'lease_expires_at', int(lease),
+    'resume_mode', ARGV[13])
+  redis.call('HDEL', job, 'handoff_offers')
   redis.call('SADD', my_jobs, job_id)
   redis.call('ZADD', leases, int(lease), job_id)
+  redis.call('ZREM', KEYS[4], job_id)
 end
 
 local function start(fence)

@@ -16,6 +16,24 @@ local function pod_jobs_key(prefix, pod)
   return prefix .. ':pod:' .. pod .. ':jobs'
 end
 
+-- Mirrors Keys::job (keys.rs), for scripts that walk an index of job ids.
+local function job_key(prefix, id)
+  return prefix .. ':job:' .. id
+end
+
+-- A job let go (`interrupted` by its owner, `orphaned` by the recoverer) waits for a pod of
+-- its service when it is a `deliver` job: it is put in the handoffs index (KEYS `handoffs`),
+-- scored by now, for the recoverer to offer it again should its event be lost (due_handoffs).
+-- Any other job, or a job that ended, is taken out.
+local function index_handoff(handoffs, job, job_id)
+  local h = redis.call('HMGET', job, 'status', 'resume_mode')
+  if (h[1] == 'interrupted' or h[1] == 'orphaned') and h[2] == 'deliver' then
+    redis.call('ZADD', handoffs, int(now_ms()), job_id)
+  else
+    redis.call('ZREM', handoffs, job_id)
+  end
+end
+
 -- Whether the owner holding `fence` may write the job: 1 yes, it runs under that fence;
 -- 0 no, it moved on (a later fence: another owner; or it left `running`); 2 the store has
 -- forgotten it: no hash, or a fence below the owner's. Fences only grow and jobs are never

@@ -1,5 +1,5 @@
 -- Take a job out of `running`.
--- KEYS: 1 job hash, 2 leases zset
+-- KEYS: 1 job hash, 2 leases zset, 3 handoffs zset
 -- ARGV: 1 prefix, 2 job id, 3 fence, 4 new status, 5 '1' when an offset is given (else the
 --       job moves to its replay point, if one is stored: see rewind_to_replay), 6 offset,
 --       7 messages, 8 '1' when an error is given, 9 error text
@@ -43,4 +43,5 @@ if pod then
   redis.call('SREM', pod_jobs_key(ARGV[1], pod), ARGV[2])
 end
 redis.call('ZREM', KEYS[2], ARGV[2])
+index_handoff(KEYS[3], job, ARGV[2])
 return 1

@@ -2,7 +2,7 @@
 -- longer write) and mark the job `orphaned` so another pod takes it over from its checkpoint.
 -- Idempotent: a job that is not `running` (or does not match) is left alone, so two recoverers
 -- can run at once without double effects.
--- KEYS: 1 job hash, 2 leases zset
+-- KEYS: 1 job hash, 2 leases zset, 3 handoffs zset
 -- ARGV: 1 prefix, 2 job id, 3 condition: 'lease' (its lease has expired) | 'owner' (owned by
 --       the pod named ARGV[4] in namespace ARGV[7] with uid ARGV[8], by any instance but ARGV[5]
 --       when ARGV[5] is not empty), 4 pod, 5 instance to spare, 6 reason (last_error),
@@ -57,4 +57,5 @@ if pod then
   redis.call('SREM', pod_jobs_key(ARGV[1], pod), ARGV[2])
 end
 redis.call('ZREM', KEYS[2], ARGV[2])
+index_handoff(KEYS[3], job, ARGV[2])
 return { 'orphaned', next_fence }

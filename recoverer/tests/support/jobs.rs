@@ -53,6 +53,7 @@ pub fn new_job(job_id: &str, owner: &Owner, lease_ttl: Duration) -> NewJob {
         request_json: "{}".to_owned(),
         owner: owner.clone(),
         lease_ttl,
+        resume: reprise_jobs::ResumeMode::OnRequest,
     }
 }
 

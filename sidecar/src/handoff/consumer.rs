@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use http::Uri;
 use tokio_util::sync::CancellationToken;
 
-use super::deliver::take_over;
+use super::deliver::{TakeOverError, take_over};
 use crate::{descriptors::ResumableMethod, events::Events, stream::StreamCtx};
 
 /// Unacknowledged handoff events this pod holds at once.
@@ -57,22 +57,28 @@ pub async fn consume(
             let _ = incoming.ack().await;
             continue;
         };
-        match ctx.store.job(&job_id).await {
+        let store_error = match ctx.store.job(&job_id).await {
             Ok(Some(record)) => match take_over(&ctx, method, &sink, record).await {
-                Ok(_) => {
-                    let _ = incoming.ack().await;
-                }
-                Err(e) => {
-                    tracing::warn!(job.id = %job_id, error = %e, "cannot take over a handed-off job");
-                    let _ = incoming.nack(false).await;
+                Ok(_) => None,
+                Err(TakeOverError::Store(e)) => Some(e),
+                Err(e @ TakeOverError::Unusable(_)) => {
+                    // Redis keeps the job `interrupted`: an operator sees it with `reprise
+                    // jobs`, and the recoverer offers it again (to a newer build, perhaps).
+                    tracing::error!(job.id = %job_id, error = %e, "cannot take over a handed-off job");
+                    None
                 }
             },
-            Ok(None) => {
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        match store_error {
+            None => {
                 let _ = incoming.ack().await;
             }
-            Err(e) => {
-                // Redis is the truth: without it we cannot claim. Let another pod try.
-                tracing::warn!(job.id = %job_id, error = %e, "cannot read a handed-off job");
+            Some(e) => {
+                // Redis is the truth: without it we cannot claim. The event goes back to the
+                // queue (for this pod or another) instead of being dropped.
+                tracing::warn!(job.id = %job_id, error = %e, "cannot claim a handed-off job yet; returning its event to the queue");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let _ = incoming.nack(true).await;
             }

@@ -31,6 +31,24 @@ use crate::{
     stream::{AckState, Call, Claimed, Recipient, StreamCtx, Task},
 };
 
+/// Why a handoff was not taken.
+#[derive(Debug)]
+pub enum TakeOverError {
+    /// The job store did not answer: another try (here or on another pod) may succeed.
+    Store(String),
+    /// The stored job cannot be resumed by this build (its request no longer decodes).
+    Unusable(String),
+}
+
+impl std::fmt::Display for TakeOverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TakeOverError::Store(e) => write!(f, "job store: {e}"),
+            TakeOverError::Unusable(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Takes over `job_id` if it is still waiting (`interrupted` or `orphaned`) and starts
 /// delivering it to `sink`. `Ok(false)`: nothing to do (another pod was faster, or it is done).
 pub async fn take_over(
@@ -38,15 +56,15 @@ pub async fn take_over(
     method: Arc<ResumableMethod>,
     sink: &Uri,
     record: JobRecord,
-) -> Result<bool, String> {
+) -> Result<bool, TakeOverError> {
     if !matches!(record.status, JobStatus::Interrupted | JobStatus::Orphaned) {
         return Ok(false);
     }
     let original = base64::engine::general_purpose::STANDARD
         .decode(&record.request_b64)
-        .map_err(|e| format!("stored request is not base64: {e}"))?;
+        .map_err(|e| TakeOverError::Unusable(format!("stored request is not base64: {e}")))?;
     // A stored request that no longer decodes cannot be resumed: say so now.
-    let decoded = request::decode(&method, &original)?;
+    let decoded = request::decode(&method, &original).map_err(TakeOverError::Unusable)?;
     let new_job = NewJob {
         job_id: record.job_id.clone(),
         service: record.service.clone(),
@@ -55,8 +73,13 @@ pub async fn take_over(
         request_json: record.request_json.clone(),
         owner: ctx.owner.clone(),
         lease_ttl: ctx.settings.lease_ttl,
+        resume: method.mode,
     };
-    let (backend, claim) = ctx.store.take_over(&new_job).await?;
+    let (backend, claim) = ctx
+        .store
+        .take_over(&new_job)
+        .await
+        .map_err(TakeOverError::Store)?;
     let Some(Claim::Resumed {
         fence,
         offset,

@@ -79,6 +79,7 @@ async fn claim(ctx: &StreamCtx, method: &ResumableMethod, call: &Call) -> Claime
         request_json: request::to_json(&call.request),
         owner: ctx.owner.clone(),
         lease_ttl: ctx.settings.lease_ttl,
+        resume: method.mode,
     };
     let mut job_id = call.base_id.clone();
     let mut waited_for_lease = false;

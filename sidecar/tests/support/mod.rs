@@ -624,6 +624,31 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Empties the service `e2e`'s resume queue of `prefix`, as a broker that lost its messages
+/// would; returns how many events were in it.
+pub fn purge_resume_queue(prefix: &str) -> u32 {
+    use lapin::{Connection, ConnectionProperties, options::*};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ");
+        let ch = conn.create_channel().await.expect("channel");
+        let purged = ch
+            .queue_purge(
+                format!("{prefix}.e2e.resume").into(),
+                QueuePurgeOptions::default(),
+            )
+            .await
+            .expect("queue.purge");
+        let _ = conn.close(200, "OK".into()).await;
+        purged
+    })
+}
+
 /// Deletes the RabbitMQ objects of `prefix` (the service `e2e`'s resume queue, the exchange).
 fn delete_amqp(prefix: &str) {
     use lapin::{Connection, ConnectionProperties, options::*};
