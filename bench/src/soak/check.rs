@@ -71,6 +71,10 @@ pub struct Verdict {
     pub unexplained_duplicates: u64,
     pub max_dup_window_messages: u64,
     pub max_dup_window_ms: u64,
+    /// The run of duplicates largest against its bound ([`dup_bound`]): messages, bound.
+    pub max_dup_against_bound: (u64, u64),
+    /// Duplicates in runs larger than their bound.
+    pub over_bound_duplicates: u64,
     /// Per fault kind: the milliseconds from the fault to the next new message of each job it
     /// touched.
     pub gaps_ms: BTreeMap<String, Vec<u64>>,
@@ -84,8 +88,27 @@ impl Verdict {
             && self.out_of_order == 0
             && self.corrupt == 0
             && self.unexplained_duplicates == 0
+            && self.over_bound_duplicates == 0
             && self.problems.is_empty()
     }
+}
+
+/// The window the README promises for what is delivered twice after a kill ("How much is
+/// delivered twice"): the app's HTTP/2 window of the stream (the soak's apps keep hyper's
+/// client default, 2 MiB, which tonic does not change), plus what the upstream sends during one
+/// `checkpoint_interval` and the second of writes a Redis on `appendfsync everysec` may lose
+/// (which also covers a checkpoint flusher a loaded machine starves for up to a second).
+const APP_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
+/// The soak's upstream pace (`--delay-us 2000`): messages per second per stream, at most.
+const PACE_PER_S: u64 = 500;
+const REDIS_LOSS_MS: u64 = 1_000;
+
+/// The most messages one run of duplicates of a job may hold: its app window in messages of
+/// the job's payload size (the gRPC framing makes each message larger, so this rounds up),
+/// plus the checkpoint part.
+pub fn dup_bound(payload_bytes: u32, checkpoint_ms: u64) -> u64 {
+    APP_WINDOW_BYTES.div_ceil(u64::from(payload_bytes.max(1)))
+        + (checkpoint_ms + REDIS_LOSS_MS) * PACE_PER_S / 1000
 }
 
 /// How far back a duplicate's cause may lie: a resume after a sidecar kill waits for the lease
@@ -94,11 +117,13 @@ const CAUSE_HORIZON_MS: u64 = 60_000;
 
 /// Checks the jobs of `plans` (pod → its jobs) against the record files under each pod's
 /// directory `dirs[pod]/rec`.
+/// `checkpoint_ms`: the sidecars' `checkpoint_interval`, for the duplicates' bound.
 pub fn check(
     plans: &BTreeMap<String, Vec<Job>>,
     dirs: &BTreeMap<String, std::path::PathBuf>,
     started: &BTreeSet<String>,
     faults: &[Fault],
+    checkpoint_ms: u64,
 ) -> Verdict {
     let mut v = Verdict::default();
     let receipts = read_receipts(dirs, &mut v);
@@ -109,7 +134,7 @@ pub fn check(
             }
             v.jobs += 1;
             let got = receipts.get(&job.topic).map_or(&[][..], Vec::as_slice);
-            check_job(pod, job, got, faults, &mut v);
+            check_job(pod, job, got, faults, checkpoint_ms, &mut v);
         }
     }
     v
@@ -204,7 +229,15 @@ fn parse_line(pod: &str, line: &str) -> Option<Receipt> {
     f.next().is_none().then_some(r)
 }
 
-fn check_job(pod: &str, job: &Job, got: &[Receipt], faults: &[Fault], v: &mut Verdict) {
+fn check_job(
+    pod: &str,
+    job: &Job,
+    got: &[Receipt],
+    faults: &[Fault],
+    checkpoint_ms: u64,
+    v: &mut Verdict,
+) {
+    let bound = dup_bound(job.payload_bytes, checkpoint_ms);
     let pattern = PayloadPattern::new(job.payload_bytes as usize);
     // Receivers (calls and deliveries) in the order they began.
     let mut receivers: Vec<(String, String)> = Vec::new();
@@ -289,6 +322,21 @@ fn check_job(pod: &str, job: &Job, got: &[Receipt], faults: &[Fault], v: &mut Ve
                     job.topic, key.0, key.1
                 ));
             }
+            if n > bound {
+                v.over_bound_duplicates += n;
+                v.problems.push(format!(
+                    "{}: {n} message(s) delivered again in {}/{}, more than the {bound} one \
+                     app window and checkpoint interval allow ({})",
+                    job.topic,
+                    key.0,
+                    key.1,
+                    cause.as_deref().unwrap_or("no cause")
+                ));
+            }
+            let (worst, worst_bound) = v.max_dup_against_bound;
+            if worst == 0 || n * worst_bound > worst * bound {
+                v.max_dup_against_bound = (n, bound);
+            }
             v.max_dup_window_messages = v.max_dup_window_messages.max(n);
             v.max_dup_window_ms = v.max_dup_window_ms.max(window_ms);
             v.dup_runs.push(DupRun {
@@ -352,27 +400,72 @@ mod tests {
     use super::*;
 
     fn job(count: u64) -> Job {
+        sized_job(count, 100)
+    }
+
+    fn sized_job(count: u64, payload_bytes: u32) -> Job {
         Job {
             topic: "t-1".into(),
             count,
-            payload_bytes: 100,
+            payload_bytes,
             slow_us: 0,
         }
     }
 
     fn line(receiver: &str, seq: u64, ms: u64) -> String {
-        let hash = fnv1a(PayloadPattern::new(100).for_seq(seq));
+        sized_line(receiver, seq, ms, 100)
+    }
+
+    fn sized_line(receiver: &str, seq: u64, ms: u64, payload_bytes: u32) -> String {
+        let hash = fnv1a(PayloadPattern::new(payload_bytes as usize).for_seq(seq));
         format!("{receiver} {seq} {hash:016x} {ms}\n")
     }
 
     fn run(text: &str, faults: &[Fault]) -> Verdict {
+        run_job(job(5), text, faults)
+    }
+
+    fn run_job(job: Job, text: &str, faults: &[Fault]) -> Verdict {
         let dir = tempfile::tempdir().expect("a scratch directory");
         std::fs::create_dir_all(dir.path().join("p0/rec")).expect("mkdir");
         std::fs::write(dir.path().join("p0/rec/t-1.txt"), text).expect("write the record");
-        let plans = BTreeMap::from([("p0".to_owned(), vec![job(5)])]);
+        let plans = BTreeMap::from([("p0".to_owned(), vec![job])]);
         let dirs = BTreeMap::from([("p0".to_owned(), dir.path().join("p0"))]);
         let started = BTreeSet::from(["t-1".to_owned()]);
-        check(&plans, &dirs, &started, faults)
+        check(&plans, &dirs, &started, faults, 100)
+    }
+
+    /// A run of duplicates is allowed one app window (2 MiB: 32 messages of 64 KiB) and what
+    /// the upstream sends in a checkpoint interval and a lost Redis second (550 at 500/s); a
+    /// restart from the beginning of a 1,200-message job is more than that, whatever its cause.
+    #[test]
+    fn a_run_of_duplicates_is_held_to_one_window_for_its_size() {
+        const KIB64: u32 = 64 * 1024;
+        assert_eq!(dup_bound(KIB64, 100), 32 + 550);
+        assert_eq!(dup_bound(100, 100), 20_972 + 550);
+        let kill = Fault {
+            ms: 5_000,
+            kind: "app_sigkill".into(),
+            target: "app p0".into(),
+            pods: vec!["p0".into()],
+            lasted_ms: 0,
+        };
+        let replay = |from: u64| -> String {
+            let first = (1..=1200).map(|s| sized_line("c0.0", s, 1000 + s, KIB64));
+            let again = (from..=1200).map(|s| sized_line("c1.0", s, 6000 + s, KIB64));
+            first.chain(again).collect()
+        };
+        let v = run_job(sized_job(1200, KIB64), &replay(619), std::slice::from_ref(&kill));
+        assert!(v.clean(), "{:?}", v.problems);
+        assert_eq!(v.max_dup_against_bound, (582, 582));
+        let v = run_job(sized_job(1200, KIB64), &replay(1), &[kill]);
+        assert!(!v.clean());
+        assert_eq!(v.over_bound_duplicates, 1200);
+        assert!(
+            v.problems[0].contains("more than the 582"),
+            "{:?}",
+            v.problems
+        );
     }
 
     #[test]

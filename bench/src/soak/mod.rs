@@ -159,7 +159,14 @@ fn recheck(dir: &Path) -> anyhow::Result<check::Verdict> {
         .map(serde_json::from_str)
         .collect::<Result<Vec<Fault>, _>>()
         .context("faults.jsonl")?;
-    Ok(check::check(&plans, &dirs, &started_topics(&dirs), &faults))
+    // The soak's default `checkpoint_interval`; a run made with another is judged by this one.
+    Ok(check::check(
+        &plans,
+        &dirs,
+        &started_topics(&dirs),
+        &faults,
+        DEFAULT_CHECKPOINT_MS,
+    ))
 }
 
 /// Kinds of fault, with their weights in the draw.
@@ -186,6 +193,8 @@ const UPSTREAM_PORT: u16 = 50051;
 /// The demo server's pace: at most 500 messages a second per stream.
 const UPSTREAM_DELAY_US: u32 = 2000;
 const WARMUP: Duration = Duration::from_secs(10);
+/// `--checkpoint-interval`'s default, in milliseconds.
+const DEFAULT_CHECKPOINT_MS: u64 = 100;
 
 /// A TCP connect that succeeds within `within`.
 pub fn wait_tcp(addr: &str, within: Duration) -> anyhow::Result<()> {
@@ -1010,7 +1019,15 @@ fn soak(
                 p.jobs
             );
         }
-        let verdict = check::check(&plans, &dirs, &started_topics(&dirs), &fleet.faults);
+        let checkpoint_ms = humantime::parse_duration(&args.checkpoint_interval)
+            .map_or(DEFAULT_CHECKPOINT_MS, |d| d.as_millis() as u64);
+        let verdict = check::check(
+            &plans,
+            &dirs,
+            &started_topics(&dirs),
+            &fleet.faults,
+            checkpoint_ms,
+        );
         let ended_at = unix_ms();
         // Redis has the sidecars' final writes a moment after the apps' last message.
         std::thread::sleep(Duration::from_secs(2));
@@ -1258,6 +1275,11 @@ fn report(
     println!(
         "  largest duplicate window: {} messages, {} ms",
         v.max_dup_window_messages, v.max_dup_window_ms
+    );
+    let (n, bound) = v.max_dup_against_bound;
+    println!(
+        "  largest run against its bound (one app window and checkpoint interval): {n} of {bound}; {} duplicate(s) in runs over it",
+        v.over_bound_duplicates
     );
     println!("\ngap from a fault to the next new message of each job it touched (ms):");
     for (kind, gaps) in &v.gaps_ms {
