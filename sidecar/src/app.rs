@@ -255,6 +255,7 @@ impl App {
             interrupt: ctx.interrupt.clone(),
             streams: ctx.tracker.clone(),
             connections: self.connections,
+            store: ctx.store.clone(),
             events: ctx.events.clone(),
             background,
             timeout: config.shutdown_timeout,

@@ -20,7 +20,7 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{events::Events, metrics::Health};
+use crate::{events::Events, metrics::Health, store::Store};
 
 /// The ordered shutdown (steps above), holding what each step stops.
 pub struct Shutdown {
@@ -38,6 +38,8 @@ pub struct Shutdown {
     pub streams: TaskTracker,
     /// Step 4: every app connection, flushed.
     pub connections: TaskTracker,
+    /// Step 4: the final states Redis has not taken yet are waited for.
+    pub store: Arc<Store>,
     /// Step 5: the AMQP channel and connection, closed.
     pub events: Arc<Events>,
     /// Step 5 (last): checkpointer, Redis probe, admin endpoint.
@@ -108,10 +110,35 @@ impl Shutdown {
             "shutdown 4/5: every stream interrupted and handed off; flushing app connections"
         );
         self.connections.wait().await;
+        self.wait_for_final_states().await;
 
         tracing::info!("shutdown 5/5: closing the AMQP channel and connection, then Redis");
         self.events.close().await;
         self.background.cancel();
+    }
+}
+
+impl Shutdown {
+    /// A job whose final state Redis did not take (it was down when the stream ended) would be
+    /// left `running` under this instance, and the next claim would not know where it stands:
+    /// wait for Redis to take them (the checkpoint ticks write them as soon as it answers),
+    /// within the shutdown deadline. The soak's finding 15.
+    async fn wait_for_final_states(&self) {
+        let pending = self.store.pending_len();
+        if pending == 0 {
+            return;
+        }
+        tracing::warn!(
+            pending,
+            "shutdown: redis has not taken the final state of some jobs; waiting for it (within shutdown_timeout)"
+        );
+        while self.store.pending_len() > 0 {
+            if self.store.redis_ready() {
+                self.store.write_pending().await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!(pending, "shutdown: redis took every final state");
     }
 }
 

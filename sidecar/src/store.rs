@@ -346,6 +346,11 @@ impl Store {
 
     /// Writes the final states Redis did not take (see the `pending` field), now that it
     /// answers; those it fails again stay for the next call.
+    /// Final states Redis has not taken yet.
+    pub fn pending_len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub async fn write_pending(&self) {
         let due: Vec<(Finish, Option<NewJob>)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());

@@ -398,3 +398,78 @@ fn a_deliver_call_begun_while_redis_is_down_waits_until_its_job_is_stored() {
     let key = redis.job_key(&w.prefix).expect("the job is in redis");
     assert_eq!(redis.hget(&key, "status").as_deref(), Some("completed"));
 }
+
+/// Finding 15 of docs/reliability.md (the short soak, seed 7, `p0-j0036`): Redis was SIGKILLed
+/// and, 1.2 s later while it was still away, the sidecar SIGTERMed. The job's final state,
+/// `interrupted` at 5,165, was kept for Redis and lost when the sidecar exited; the app's
+/// identical request reached the restarted sidecar while Redis was still away, was claimed in
+/// memory from the start, and the app got all 5,165 again. Now the shutdown waits (within its
+/// deadline) for Redis to take what it kept, and a call that comes while Redis is away waits
+/// up to a `lease_ttl` before it claims in memory: the restarted sidecar resumes the job.
+#[test]
+fn a_sidecar_stopped_while_redis_stalls_leaves_its_job_resumable() {
+    const USERS: usize = 100_000;
+    let w = World::new();
+    let redis = PrivateRedis::start(&w, free_port());
+    let users = USERS.to_string();
+    let _server = w.server(&["--users", users.as_str(), "--delay-us", "100"]);
+    let config = w.config(false, &format!("redis_url: {}\n", redis.url()));
+    let mut a = w.sidecar(&config);
+    let first = w.path().join("first.txt");
+    let arg = first.to_string_lossy().to_string();
+    let mut client = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    let key = || redis.job_key(&w.prefix);
+    wait_until("progress checkpointed in redis", LONG, || {
+        lines(&first).len() >= 5000
+            && key().is_some_and(|k| {
+                redis
+                    .hget(&k, "messages")
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .is_some_and(|m| m > 0)
+            })
+    });
+    let key = key().expect("job key");
+    let signal = |sig| redis.proc.as_ref().expect("redis runs").signal(sig);
+    signal(19); // SIGSTOP
+    wait_until("the sidecar sees redis stalled", LONG, || {
+        w.metric("reprise_store_degraded", &[]) == 1.0
+    });
+    a.signal(15);
+    client.wait_exit(LONG);
+    wait_until(
+        "the sidecar waits for redis to take the final state",
+        LONG,
+        || {
+            a.log_text()
+                .contains("waiting for it (within shutdown_timeout)")
+        },
+    );
+    signal(18); // SIGCONT
+    assert!(a.wait_exit(LONG).success(), "{}", a.log_text());
+    assert_eq!(
+        redis.hget(&key, "status").as_deref(),
+        Some("interrupted"),
+        "the job's final state reached Redis before the sidecar exited"
+    );
+
+    // Redis stalls again; the sidecar comes back and the app asks again meanwhile.
+    signal(19);
+    let b = w.sidecar(&config);
+    let second = w.path().join("second.txt");
+    let arg = second.to_string_lossy().to_string();
+    let mut again = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    wait_until("the call waits for redis", LONG, || {
+        b.log_text()
+            .contains("the call waits for it before claiming its job in memory")
+    });
+    signal(18);
+    assert!(again.wait_exit(LONG).success(), "{}", again.log_text());
+    let (first, second) = (lines(&first), lines(&second));
+    let at = crate::restart::assert_resumed_within(&first, &second, &admin_ids(USERS));
+    assert!(
+        at > 0,
+        "the identical request started from scratch (the app had recorded {})",
+        first.len()
+    );
+    assert_eq!(redis.hget(&key, "status").as_deref(), Some("completed"));
+}

@@ -455,7 +455,11 @@ mod tests {
             let again = (from..=1200).map(|s| sized_line("c1.0", s, 6000 + s, KIB64));
             first.chain(again).collect()
         };
-        let v = run_job(sized_job(1200, KIB64), &replay(619), std::slice::from_ref(&kill));
+        let v = run_job(
+            sized_job(1200, KIB64),
+            &replay(619),
+            std::slice::from_ref(&kill),
+        );
         assert!(v.clean(), "{:?}", v.problems);
         assert_eq!(v.max_dup_against_bound, (582, 582));
         let v = run_job(sized_job(1200, KIB64), &replay(1), &[kill]);

@@ -132,6 +132,13 @@ impl Rabbit {
     /// A graceful restart: SIGTERM (the node stops its apps, closing every connection), wait
     /// for the exit, start again.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.up()
+    }
+
+    /// SIGTERM, and the wait for the node to exit. A SIGKILL would stop only the server's
+    /// script and leave its Erlang VM running, holding the port and the Mnesia directory.
+    fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut p) = self.proc.take() {
             p.terminate()?;
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -143,8 +150,15 @@ impl Rabbit {
             }
         }
         // The Erlang VM's children (epmd is shared and stays) are gone with it.
-        wait_closed(self.port, Duration::from_secs(30))?;
-        self.up()
+        wait_closed(self.port, Duration::from_secs(30))
+    }
+}
+
+impl Drop for Rabbit {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("soak: stopping the soak's RabbitMQ: {e:#}");
+        }
     }
 }
 
