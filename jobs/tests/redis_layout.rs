@@ -530,6 +530,18 @@ async fn a_deliver_job_let_go_waits_in_the_handoff_index_until_claimed() -> Resu
             job.resume = ResumeMode::Deliver;
             job
         };
+        // As if let go long ago: due at the next look.
+        let make_due = |f: &mut Fixture| {
+            let (mut raw, key) = (f.raw.clone(), f.keys.handoffs());
+            async move {
+                redis::cmd("ZADD")
+                    .arg(key)
+                    .arg(0)
+                    .arg("orphan")
+                    .query_async::<()>(&mut raw)
+                    .await
+            }
+        };
         let score = |f: &mut Fixture, id: &'static str| {
             let (mut raw, key) = (f.raw.clone(), f.keys.handoffs());
             async move { Ok::<Option<u64>, anyhow::Error>(raw.zscore(key, id).await?) }
@@ -599,12 +611,7 @@ async fn a_deliver_job_let_go_waits_in_the_handoff_index_until_claimed() -> Resu
             let now = redis_now_ms(&mut f).await?;
             let let_go = score(&mut f, "orphan").await?.context("still waiting")?;
             gaps.push((let_go + retry_ms).saturating_sub(now).div_ceil(retry_ms));
-            redis::cmd("ZADD")
-                .arg(f.keys.handoffs())
-                .arg(0)
-                .arg("orphan")
-                .query_async::<()>(&mut f.raw)
-                .await?;
+            make_due(&mut f).await?;
             assert_eq!(store.due_handoffs(100, retry, retry * 4).await?.len(), 1);
         }
         assert_eq!(gaps, [2, 4, 4], "the backoff in retries");
@@ -619,12 +626,7 @@ async fn a_deliver_job_let_go_waits_in_the_handoff_index_until_claimed() -> Resu
         assert!(!hash(&mut f, "orphan").await?.contains_key("handoff_offers"));
         let end = finish("orphan", 3, JobStatus::Completed, Some("9"));
         assert_eq!(store.finish(&end).await?, Write::Ok);
-        redis::cmd("ZADD")
-            .arg(f.keys.handoffs())
-            .arg(0)
-            .arg("orphan")
-            .query_async::<()>(&mut f.raw)
-            .await?;
+        make_due(&mut f).await?;
         assert!(store.due_handoffs(100, retry, LONG).await?.is_empty());
         assert_eq!(
             score(&mut f, "orphan").await?,

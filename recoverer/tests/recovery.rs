@@ -286,25 +286,7 @@ fn a_handoff_whose_event_was_lost_is_offered_again_and_delivered() {
     assert_eq!(w.job_field(&job, "status").as_deref(), Some("interrupted"));
 
     let _b = w.deliver_pod("pod-b", sink_b, |c| c);
-    let all = admin_ids(30000);
-    let got_a = lines(&first);
-    wait_until("B's sink received the rest", LONG, || {
-        lines(&sink_record).len() >= all.len() - got_a.len()
-    });
-    assert_eq!(got_a, all[..got_a.len()], "A's app: an in-order prefix");
-    assert_eq!(
-        lines(&sink_record),
-        all[got_a.len()..],
-        "B's sink: exactly the rest, none twice, none lost"
-    );
-    wait_until("job completed", LONG, || {
-        w.job_field(&job, "status").as_deref() == Some("completed")
-    });
-    assert!(
-        recoverer.log_text().contains("publishing its event again"),
-        "{}",
-        recoverer.log_text()
-    );
+    assert_offered_again_and_delivered(&w, &recoverer, &job, &first, &sink_record);
 }
 
 /// Finding 12 of docs/reliability.md: a `deliver` job whose upstream stayed away longer than
@@ -340,20 +322,31 @@ fn a_deliver_job_past_its_max_outage_is_delivered_once_the_upstream_is_back() {
     assert!(said.contains("upstream unavailable for 2s"), "{said}");
     // Nobody asks for the job now: its app is done with the call.
     let _server = w.server(&["--users", "30000", "--delay-us", "100"]);
+    assert_offered_again_and_delivered(&w, &recoverer, &job, &first, &sink_record);
+}
 
+/// The app recorded an in-order prefix, the sink gets exactly the rest (none twice, none
+/// lost), the job completes, and the recoverer says it offered the job again.
+fn assert_offered_again_and_delivered(
+    w: &World,
+    recoverer: &Proc,
+    job: &str,
+    app_record: &std::path::Path,
+    sink_record: &std::path::Path,
+) {
     let all = admin_ids(30000);
-    let got_a = lines(&first);
+    let got_app = lines(app_record);
     wait_until("the sink received the rest", LONG, || {
-        lines(&sink_record).last() == all.last()
+        lines(sink_record).last() == all.last()
     });
-    assert_eq!(got_a, all[..got_a.len()], "the app: an in-order prefix");
+    assert_eq!(got_app, all[..got_app.len()], "the app: an in-order prefix");
     assert_eq!(
-        lines(&sink_record),
-        all[got_a.len()..],
+        lines(sink_record),
+        all[got_app.len()..],
         "the sink: exactly the rest, none twice, none lost"
     );
     wait_until("job completed", LONG, || {
-        w.job_field(&job, "status").as_deref() == Some("completed")
+        w.job_field(job, "status").as_deref() == Some("completed")
     });
     assert!(
         recoverer.log_text().contains("publishing its event again"),

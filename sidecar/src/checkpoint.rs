@@ -77,8 +77,8 @@ struct Handed {
     /// Samples after it in levels: level `k` holds up to [`LEVEL_SAMPLES`] samples at least
     /// `SAMPLE_SPACING << k` bytes apart, oldest first, and every sample of level `k + 1` is
     /// older than those of level `k`. So the spacing doubles every `LEVEL_SAMPLES` samples back
-    /// from the head, and a position `d` bytes back is found to within about `d / 8`, whatever
-    /// the length of the stream (up to the reach of the last level, 2 GiB back).
+    /// from the head, and a position `d` bytes back is found less than `d / 4` further back
+    /// than asked, whatever the length of the stream (the levels reach tens of GiB back).
     levels: Vec<std::collections::VecDeque<Sample>>,
 }
 
@@ -86,7 +86,7 @@ struct Handed {
 /// look (a few KiB behind). Further back, where an app death looks (a window behind), they
 /// thin out.
 const SAMPLE_SPACING: u64 = 512;
-/// Samples per level, and levels: 384 samples at most, reaching `SAMPLE_SPACING <<
+/// Samples per level, and levels: 352 samples at most, reaching about `SAMPLE_SPACING <<
 /// SAMPLE_LEVELS` times `LEVEL_SAMPLES` bytes back.
 const LEVEL_SAMPLES: usize = 16;
 const SAMPLE_LEVELS: usize = 22;

@@ -50,6 +50,31 @@ impl PrivateRedis {
     }
 
     /// The key of a job under `prefix` (the tests here run one job), if Redis has one.
+    fn signal(&self, sig: i32) {
+        self.proc.as_ref().expect("redis runs").signal(sig);
+    }
+
+    /// Waits until the app recording to `record` has 5,000 admins and its job has a
+    /// checkpoint in this Redis, then SIGSTOPs Redis and waits until the sidecar counts it as
+    /// down. Returns the job's key.
+    fn stall_after_progress(&self, w: &World, record: &std::path::Path) -> String {
+        let key = || self.job_key(&w.prefix);
+        wait_until("progress checkpointed in redis", LONG, || {
+            lines(record).len() >= 5000
+                && key().is_some_and(|k| {
+                    self.hget(&k, "messages")
+                        .and_then(|m| m.parse::<u64>().ok())
+                        .is_some_and(|m| m > 0)
+                })
+        });
+        let key = key().expect("job key");
+        self.signal(19); // SIGSTOP
+        wait_until("the sidecar sees redis stalled", LONG, || {
+            w.metric("reprise_store_degraded", &[]) == 1.0
+        });
+        key
+    }
+
     fn job_key(&self, prefix: &str) -> Option<String> {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{prefix}:job:*"))
@@ -295,22 +320,7 @@ fn an_app_killed_while_redis_stalls_is_resumed_once_redis_answers() {
     let mut client = w.client_proc(&[
         "users", "--role", "admin", "--record", &arg, window[0], window[1],
     ]);
-    let key = || redis.job_key(&w.prefix);
-    wait_until("progress checkpointed in redis", LONG, || {
-        lines(&first).len() >= 5000
-            && key().is_some_and(|k| {
-                redis
-                    .hget(&k, "messages")
-                    .and_then(|m| m.parse::<u64>().ok())
-                    .is_some_and(|m| m > 0)
-            })
-    });
-    let key = key().expect("job key");
-    let signal = |sig| redis.proc.as_ref().expect("redis runs").signal(sig);
-    signal(19); // SIGSTOP
-    wait_until("the sidecar sees redis stalled", LONG, || {
-        w.metric("reprise_store_degraded", &[]) == 1.0
-    });
+    let key = redis.stall_after_progress(&w, &first);
     client.kill9();
     // The sidecar notices the app's death and cannot write the job's final state: it keeps it.
     wait_until("the final state kept for redis", LONG, || {
@@ -318,7 +328,7 @@ fn an_app_killed_while_redis_stalls_is_resumed_once_redis_answers() {
     });
     // The request comes at once, while the sidecar still counts Redis as down (its probe
     // runs once a second): it must ask Redis all the same, for a job it knows is there.
-    signal(18); // SIGCONT
+    redis.signal(18); // SIGCONT
     let (second, status, summary) = crate::restart::admins_again_with(&w, &window);
     assert!(status.success(), "{summary}");
     let ids: Vec<String> = redis::cmd("KEYS")
@@ -418,22 +428,7 @@ fn a_sidecar_stopped_while_redis_stalls_leaves_its_job_resumable() {
     let first = w.path().join("first.txt");
     let arg = first.to_string_lossy().to_string();
     let mut client = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
-    let key = || redis.job_key(&w.prefix);
-    wait_until("progress checkpointed in redis", LONG, || {
-        lines(&first).len() >= 5000
-            && key().is_some_and(|k| {
-                redis
-                    .hget(&k, "messages")
-                    .and_then(|m| m.parse::<u64>().ok())
-                    .is_some_and(|m| m > 0)
-            })
-    });
-    let key = key().expect("job key");
-    let signal = |sig| redis.proc.as_ref().expect("redis runs").signal(sig);
-    signal(19); // SIGSTOP
-    wait_until("the sidecar sees redis stalled", LONG, || {
-        w.metric("reprise_store_degraded", &[]) == 1.0
-    });
+    let key = redis.stall_after_progress(&w, &first);
     a.signal(15);
     client.wait_exit(LONG);
     wait_until(
@@ -444,7 +439,7 @@ fn a_sidecar_stopped_while_redis_stalls_leaves_its_job_resumable() {
                 .contains("waiting for it (within shutdown_timeout)")
         },
     );
-    signal(18); // SIGCONT
+    redis.signal(18); // SIGCONT
     assert!(a.wait_exit(LONG).success(), "{}", a.log_text());
     assert_eq!(
         redis.hget(&key, "status").as_deref(),
@@ -453,7 +448,7 @@ fn a_sidecar_stopped_while_redis_stalls_leaves_its_job_resumable() {
     );
 
     // Redis stalls again; the sidecar comes back and the app asks again meanwhile.
-    signal(19);
+    redis.signal(19); // SIGSTOP
     let b = w.sidecar(&config);
     let second = w.path().join("second.txt");
     let arg = second.to_string_lossy().to_string();
@@ -462,7 +457,7 @@ fn a_sidecar_stopped_while_redis_stalls_leaves_its_job_resumable() {
         b.log_text()
             .contains("the call waits for it before claiming its job in memory")
     });
-    signal(18);
+    redis.signal(18);
     assert!(again.wait_exit(LONG).success(), "{}", again.log_text());
     let (first, second) = (lines(&first), lines(&second));
     let at = crate::restart::assert_resumed_within(&first, &second, &admin_ids(USERS));

@@ -75,9 +75,19 @@ struct Args {
     /// nothing is moving any more, and what is missing then is lost, not slow.
     #[arg(long, default_value_t = 90)]
     quiet_secs: u64,
+    /// Whether a run of duplicates over its bound (one app window and checkpoint interval for
+    /// its message size) fails the run (`enforce`) or is only reported (`report`).
+    #[arg(long, value_enum, default_value_t = DupBound::Enforce)]
+    dup_bound: DupBound,
     /// Keep the run's directory (every log, record file and the journal) and print it.
     #[arg(long)]
     keep_logs: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DupBound {
+    Enforce,
+    Report,
 }
 
 pub fn main() -> ExitCode {
@@ -106,7 +116,7 @@ pub fn recheck_main() -> ExitCode {
     match recheck(&dir) {
         Ok(v) => {
             println!(
-                "soak-check: jobs={} complete={} messages={} lost={} out_of_order={} corrupt={} duplicates={} unexplained={} max_dup_window_ms={}",
+                "soak-check: jobs={} complete={} messages={} lost={} out_of_order={} corrupt={} duplicates={} unexplained={} over_bound={} max_dup_window_ms={}",
                 v.jobs,
                 v.jobs_complete,
                 v.messages,
@@ -115,9 +125,10 @@ pub fn recheck_main() -> ExitCode {
                 v.corrupt,
                 v.duplicates,
                 v.unexplained_duplicates,
+                v.over_bound_duplicates,
                 v.max_dup_window_ms
             );
-            for p in v.problems.iter().take(40) {
+            for p in v.problems.iter().chain(&v.over_bound).take(40) {
                 println!("  {p}");
             }
             if v.clean() {
@@ -1038,7 +1049,10 @@ fn soak(
         problems.extend(leaks.iter().cloned());
         write_timeline(dir, &dirs, &fleet.faults, started_at, ended_at)?;
         report(&fleet, &verdict, &store, &warm_rss, &end_rss, &problems);
-        let clean = verdict.clean() && problems.is_empty();
+        let clean = match args.dup_bound {
+            DupBound::Enforce => verdict.clean(),
+            DupBound::Report => verdict.clean_but_for_the_bound(),
+        } && problems.is_empty();
         println!(
             "soak: faults={} messages={} lost={} out_of_order={} duplicates={} max_dup_window_ms={} seed={seed}",
             fleet.faults.len(),
@@ -1299,6 +1313,16 @@ fn report(
             && wpid == pid
         {
             println!("  {name:<16} {wkib} → {kib}");
+        }
+    }
+    if !v.over_bound.is_empty() {
+        println!(
+            "\nruns of duplicates over their bound ({}; the first {}):",
+            v.over_bound.len(),
+            v.over_bound.len().min(20)
+        );
+        for line in v.over_bound.iter().take(20) {
+            println!("  {line}");
         }
     }
     let shown: Vec<&String> = v.problems.iter().chain(problems).take(40).collect();
