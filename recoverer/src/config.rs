@@ -84,28 +84,27 @@ impl Config {
             ));
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
-        let interval = text_of("reconcile_interval").unwrap_or_else(|| "5s".into());
-        let reconcile_interval = match humantime::parse_duration(&interval) {
-            Ok(d) if !d.is_zero() => d,
-            _ => {
-                errors.push(format!(
-                    "key `reconcile_interval`: {interval:?} is not a positive duration; valid: e.g. 500ms, 5s"
-                ));
-                Duration::from_secs(5)
+        let mut positive = |key: &str, default: Duration, examples: &str| {
+            let Some(text) = text_of(key) else {
+                return default;
+            };
+            match humantime::parse_duration(&text) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    errors.push(format!(
+                        "key `{key}`: {text:?} is not a positive duration; valid: e.g. {examples}"
+                    ));
+                    default
+                }
             }
         };
-        let retry = text_of("handoff_retry").unwrap_or_else(|| {
-            humantime::format_duration(crate::reconcile::DEFAULT_HANDOFF_RETRY).to_string()
-        });
-        let handoff_retry = match humantime::parse_duration(&retry) {
-            Ok(d) if !d.is_zero() => d,
-            _ => {
-                errors.push(format!(
-                    "key `handoff_retry`: {retry:?} is not a positive duration; valid: e.g. 2s, 10s"
-                ));
-                crate::reconcile::DEFAULT_HANDOFF_RETRY
-            }
-        };
+        let reconcile_interval =
+            positive("reconcile_interval", Duration::from_secs(5), "500ms, 5s");
+        let handoff_retry = positive(
+            "handoff_retry",
+            crate::reconcile::DEFAULT_HANDOFF_RETRY,
+            "2s, 10s",
+        );
         let namespaces = namespaces(map.get("namespaces"), &mut errors);
         let label_selector =
             text_of("label_selector").unwrap_or_else(|| "reprise.dev/injected=true".into());

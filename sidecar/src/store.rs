@@ -183,6 +183,19 @@ impl Store {
         self.redis_config.is_some() && !self.redis_ready()
     }
 
+    /// Waits until Redis counts as up again (polled every 100 ms), up to `limit`; whether it
+    /// did. A store without Redis configured is never down.
+    pub async fn redis_back_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.redis_down() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    }
+
     /// Whether Redis is connected and answered last time: jobs claimed in memory may move
     /// there.
     pub fn redis_ready(&self) -> bool {

@@ -21,13 +21,18 @@ local function job_key(prefix, id)
   return prefix .. ':job:' .. id
 end
 
+-- Whether a job of this status and resume mode waits for a pod of its service to take it.
+local function waits_for_a_pod(status, resume_mode)
+  return (status == 'interrupted' or status == 'orphaned') and resume_mode == 'deliver'
+end
+
 -- A job let go (`interrupted` by its owner, `orphaned` by the recoverer) waits for a pod of
 -- its service when it is a `deliver` job: it is put in the handoffs index (KEYS `handoffs`),
 -- scored by now, for the recoverer to offer it again should its event be lost (due_handoffs).
 -- Any other job, or a job that ended, is taken out.
 local function index_handoff(handoffs, job, job_id)
   local h = redis.call('HMGET', job, 'status', 'resume_mode')
-  if (h[1] == 'interrupted' or h[1] == 'orphaned') and h[2] == 'deliver' then
+  if waits_for_a_pod(h[1], h[2]) then
     redis.call('ZADD', handoffs, int(now_ms()), job_id)
   else
     redis.call('ZREM', handoffs, job_id)

@@ -16,7 +16,7 @@ local ids = redis.call('ZRANGEBYSCORE', handoffs, '-inf', int(now - first), 'LIM
 for _, id in ipairs(ids) do
   local job = job_key(prefix, id)
   local h = redis.call('HMGET', job, 'status', 'resume_mode', 'handoff_offers')
-  if (h[1] == 'interrupted' or h[1] == 'orphaned') and h[2] == 'deliver' then
+  if waits_for_a_pod(h[1], h[2]) then
     local offers = (tonumber(h[3]) or 0) + 1
     local delay = math.min(first * 2 ^ offers, cap)
     redis.call('HSET', job, 'handoff_offers', int(offers))

@@ -55,36 +55,30 @@ async fn wait_out_a_blip(ctx: &StreamCtx, method: &ResumableMethod) {
     }
     let limit = ctx.settings.lease_ttl;
     tracing::info!(method = %method.name, limit = %humantime::format_duration(limit), "redis is down: the call waits for it before claiming its job in memory");
-    let deadline = tokio::time::Instant::now() + limit;
-    while ctx.store.redis_down() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ctx.store.redis_back_within(limit).await;
 }
 
 /// A `deliver` job must be in Redis before its stream starts: the app counts on another pod
 /// delivering the rest if this sidecar dies, and a job only in this process's memory dies with
 /// it (the soak's finding 10). So while Redis is down the call waits for it, up to the method's
 /// `max_outage`, and then ends `UNAVAILABLE` before any response: an app calling again later
-/// loses nothing. An `on_request` job goes on in memory instead: its app asks again itself.
+/// loses nothing. An `on_request` job goes on in memory after a shorter wait instead
+/// ([`wait_out_a_blip`]): its app asks again itself.
 async fn wait_for_redis(ctx: &StreamCtx, method: &ResumableMethod) -> Result<(), Reply> {
     if !ctx.store.redis_down() {
         return Ok(());
     }
     tracing::info!(method = %method.name, "redis is down: a deliver-mode call waits for it before its stream starts");
-    let deadline = tokio::time::Instant::now() + method.max_outage;
-    while ctx.store.redis_down() {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(super::reject(
-                crate::grpc::code::UNAVAILABLE,
-                format!(
-                    "reprise: the job store (redis) is unreachable, and a deliver-mode job must be stored before its stream starts; waited max_outage ({:?})",
-                    method.max_outage
-                ),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if ctx.store.redis_back_within(method.max_outage).await {
+        return Ok(());
     }
-    Ok(())
+    Err(super::reject(
+        crate::grpc::code::UNAVAILABLE,
+        format!(
+            "reprise: the job store (redis) is unreachable, and a deliver-mode job must be stored before its stream starts; waited max_outage ({:?})",
+            method.max_outage
+        ),
+    ))
 }
 
 /// Claims the job of `call`: under its own id, or under an independent one when a live owner
