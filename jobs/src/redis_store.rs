@@ -313,6 +313,23 @@ impl RedisStore {
         &self.keys
     }
 
+    /// The server's `run_id` (`INFO server`): new at every start of `redis-server`, and
+    /// another server's after a failover. A change tells a client that Redis may have lost
+    /// what it acknowledged last: an `appendfsync everysec` AOF loses up to about a second, a
+    /// snapshot everything since it, a replica what it had not received.
+    pub async fn run_id(&self) -> Result<String, StoreError> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(StoreError::redis("info"))?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default())
+    }
+
     /// The `deliver` jobs let go at least `first` ago that no pod has claimed since; each is
     /// rescheduled by a backoff that starts at `first` and doubles per offer up to `max` (see
     /// `lua/due_handoffs.lua`). At most `limit`, the most overdue first: who offers them again

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub kube_synced: Gauge,
     pub unknown_owners: Gauge,
     pub handoffs_offered_again: Family<ReasonLabels, Counter>,
+    pub leases_on_hold: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +48,7 @@ impl Default for Metrics {
         let kube_synced = Gauge::default();
         let unknown_owners = Gauge::default();
         let handoffs_offered_again = Family::<ReasonLabels, Counter>::default();
+        let leases_on_hold = Gauge::default();
         registry.register(
             "pods_dead",
             "Pods (or sidecar containers) seen dead, by reason",
@@ -82,6 +84,11 @@ impl Default for Metrics {
             "Events published again for deliver jobs no pod took over within handoff_retry, labelled reason with the job's status (interrupted, orphaned)",
             handoffs_offered_again.clone(),
         );
+        registry.register(
+            "leases_on_hold",
+            "1 while expired leases go unjudged: Redis answers again after it was unreachable or restarted, and owners get lease_grace to renew",
+            leases_on_hold.clone(),
+        );
         Metrics {
             registry,
             pods_dead,
@@ -91,6 +98,7 @@ impl Default for Metrics {
             kube_synced,
             unknown_owners,
             handoffs_offered_again,
+            leases_on_hold,
         }
     }
 }

@@ -13,6 +13,7 @@ pub const KEYS: &[&str] = &[
     "metrics_listen",
     "reconcile_interval",
     "handoff_retry",
+    "lease_grace",
     "namespaces",
     "label_selector",
     "kube",
@@ -31,6 +32,10 @@ pub struct Config {
     /// How long a `deliver` job let go may wait for a pod before its event is published again
     /// (then twice as long each time, up to 32 times this).
     pub handoff_retry: Duration,
+    /// How long leases go unjudged after Redis was unreachable or restarted (another
+    /// `run_id`): the owners could not renew meanwhile, and a restarted Redis holds leases
+    /// as old as its last write to disk. At least the sidecars' `lease_ttl`.
+    pub lease_grace: Duration,
     /// Empty: every namespace.
     pub namespaces: Vec<String>,
     pub label_selector: String,
@@ -49,6 +54,7 @@ impl std::fmt::Debug for Config {
             .field("metrics_listen", &self.metrics_listen)
             .field("reconcile_interval", &self.reconcile_interval)
             .field("handoff_retry", &self.handoff_retry)
+            .field("lease_grace", &self.lease_grace)
             .field("namespaces", &self.namespaces)
             .field("label_selector", &self.label_selector)
             .field("kube", &self.kube)
@@ -105,6 +111,11 @@ impl Config {
             crate::reconcile::DEFAULT_HANDOFF_RETRY,
             "2s, 10s",
         );
+        let lease_grace = positive(
+            "lease_grace",
+            crate::reconcile::DEFAULT_LEASE_GRACE,
+            "10s, 30s",
+        );
         let namespaces = namespaces(map.get("namespaces"), &mut errors);
         let label_selector =
             text_of("label_selector").unwrap_or_else(|| "reprise.dev/injected=true".into());
@@ -139,6 +150,7 @@ impl Config {
                 metrics_listen,
                 reconcile_interval,
                 handoff_retry,
+                lease_grace,
                 namespaces,
                 label_selector,
                 kube,
@@ -218,6 +230,9 @@ mod tests {
         assert_eq!(c.kube, Some(false));
         assert_eq!(c.label_selector, "reprise.dev/injected=true");
         assert_eq!(c.key_prefix, "reprise");
+        assert_eq!(c.lease_grace, crate::reconcile::DEFAULT_LEASE_GRACE);
+        let c = Config::parse("lease_grace: 30s\n", &env).expect("valid");
+        assert_eq!(c.lease_grace, Duration::from_secs(30));
     }
 
     #[test]
@@ -241,7 +256,7 @@ mod tests {
     #[test]
     fn every_error_names_its_key() {
         let errors = Config::parse(
-            "colour: red\nkube: maybe\nreconcile_interval: soon\n",
+            "colour: red\nkube: maybe\nreconcile_interval: soon\nlease_grace: 0s\n",
             &BTreeMap::new(),
         )
         .expect_err("invalid")
@@ -250,6 +265,7 @@ mod tests {
             "unknown key `colour`; valid keys: redis_url",
             "key `kube`: \"maybe\" is not valid; valid: true, false, auto",
             "key `reconcile_interval`",
+            "key `lease_grace`: \"0s\" is not a positive duration; valid: e.g. 10s, 30s",
         ] {
             assert!(errors.contains(needle), "{needle:?} in {errors}");
         }

@@ -129,11 +129,13 @@ async fn run(config: Config, admin: std::net::TcpListener) -> anyhow::Result<Exi
         tracing::info!("running on leases alone (no Kubernetes)");
     }
     let reconciler = Reconciler::new(redis, bus.as_ref().map(|(_, p)| p.clone()), pods, metrics)
-        .with_handoff_retry(config.handoff_retry);
+        .with_handoff_retry(config.handoff_retry)
+        .with_lease_grace(config.lease_grace);
     tracing::info!(
         prefix = %config.key_prefix,
         interval = %humantime::format_duration(config.reconcile_interval),
         handoff_retry = %humantime::format_duration(config.handoff_retry),
+        lease_grace = %humantime::format_duration(config.lease_grace),
         "reprise-recoverer ready"
     );
 

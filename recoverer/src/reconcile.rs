@@ -84,6 +84,19 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     unseen: Mutex<UnseenOwners>,
     handoff_retry: Duration,
+    lease_grace: Duration,
+    redis_seen: Mutex<RedisSeen>,
+}
+
+/// What the passes saw of Redis, for [`Reconciler::leases_on_hold`].
+#[derive(Default)]
+struct RedisSeen {
+    /// The server's `run_id` at the last pass that read it.
+    run_id: Option<String>,
+    /// A pass failed since (Redis unreachable or erring).
+    failed: bool,
+    /// Leases are not judged before this.
+    hold_until: Option<Instant>,
 }
 
 /// How long a `pod.killed` report is remembered, so it is published once per pod.
@@ -91,6 +104,8 @@ const POD_REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `handoff_retry` when the config names none.
 pub const DEFAULT_HANDOFF_RETRY: Duration = Duration::from_secs(10);
+/// `lease_grace` when the config names none: the sidecars' default `lease_ttl`.
+pub const DEFAULT_LEASE_GRACE: Duration = Duration::from_secs(10);
 /// At most this many jobs are offered again per pass (the most overdue first).
 const OFFERS_PER_PASS: usize = 1000;
 /// A job offered again waits twice as long each time, up to this many times `handoff_retry`.
@@ -111,7 +126,50 @@ impl Reconciler {
             metrics,
             unseen: Mutex::default(),
             handoff_retry: DEFAULT_HANDOFF_RETRY,
+            lease_grace: DEFAULT_LEASE_GRACE,
+            redis_seen: Mutex::default(),
         }
+    }
+
+    /// How long leases go unjudged once Redis answers again after a failed pass or a restart
+    /// (the config's `lease_grace`).
+    pub fn with_lease_grace(mut self, grace: Duration) -> Self {
+        self.lease_grace = grace;
+        self
+    }
+
+    /// Whether this pass leaves expired leases alone. A lease is evidence only while its owner
+    /// could have renewed it: after Redis was unreachable (a failed pass) or restarted (another
+    /// `run_id`, with leases as old as its last write to disk, already lapsed however alive
+    /// their owners are), every owner gets `lease_grace` of Redis answering to renew before
+    /// its lease is judged again. Without it one Redis restart orphaned live streams by the
+    /// dozen, and each takeover replayed what its app had (docs/reliability.md, finding 17).
+    /// Pod signals are evidence of their own and are not held.
+    async fn leases_on_hold(&self) -> Result<bool, StoreError> {
+        let run_id = self.redis.run_id().await?;
+        let now = Instant::now();
+        let mut seen = self
+            .redis_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let restarted = seen.run_id.as_ref().is_some_and(|r| *r != run_id);
+        if restarted || seen.failed {
+            tracing::warn!(
+                redis.run_id = %run_id,
+                why = if restarted { "restarted or failed over" } else { "unreachable" },
+                grace = %humantime::format_duration(self.lease_grace),
+                "redis was unreachable or restarted: leases are judged again once its owners have had the grace to renew"
+            );
+            seen.hold_until = Some(now + self.lease_grace);
+        }
+        seen.run_id = Some(run_id);
+        seen.failed = false;
+        let hold = seen.hold_until.is_some_and(|t| now < t);
+        if !hold {
+            seen.hold_until = None;
+        }
+        self.metrics.leases_on_hold.set(i64::from(hold));
+        Ok(hold)
     }
 
     /// How long a `deliver` job let go may wait for a pod before its event is published again
@@ -158,13 +216,22 @@ impl Reconciler {
             .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             self.metrics.reconcile_errors.inc();
+            self.redis_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .failed = true;
         }
         result
     }
 
     async fn pass(&self) -> Result<usize, StoreError> {
         let mut orphaned = 0;
-        for id in self.redis.expired_leases(10_000).await? {
+        let expired = if self.leases_on_hold().await? {
+            Vec::new()
+        } else {
+            self.redis.expired_leases(10_000).await?
+        };
+        for id in expired {
             if self
                 .orphan(
                     &id,

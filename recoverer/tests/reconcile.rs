@@ -393,3 +393,195 @@ async fn an_unknown_owner_is_counted_and_logged_once() {
         assert_eq!(h.status(id).await, JobStatus::Running, "{id}");
     }
 }
+
+/// A `redis-server` of the test's own, on a free port, that starts from the snapshot in its
+/// directory (taken by `SAVE`): what a Redis restarted from its RDB, or from an AOF that had
+/// not fsynced the last second, holds.
+struct PrivateRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut r = PrivateRedis {
+            port,
+            dir: tempfile::tempdir().expect("a directory for redis"),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) if it runs and starts it again from its snapshot.
+    fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/services installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) {
+        let mut con = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("private redis");
+        let _: () = redis::cmd(args[0])
+            .arg(&args[1..])
+            .query(&mut con)
+            .expect("redis command");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis runs").id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} redis");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A pass, retried while the store's connection comes back after a restart.
+async fn pass_once_redis_answers(reconciler: &Reconciler) -> usize {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match reconciler.reconcile().await {
+            Ok(n) => return n,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Finding 17 of docs/reliability.md: Redis restarted from disk holds leases as old as its last
+/// write, lapsed however alive their owners are, and a Redis that did not answer kept owners
+/// from renewing. Every pass right after either orphaned live streams by the dozen. Now leases
+/// go unjudged for `lease_grace` of Redis answering: an owner that renews meanwhile keeps its
+/// job, and one that does not loses it once the grace is over.
+#[tokio::test]
+async fn leases_go_unjudged_for_the_grace_after_redis_restarts_or_stops_answering() {
+    const GRACE: Duration = Duration::from_secs(3);
+    const SHORT: Duration = Duration::from_secs(1);
+    let mut redis = PrivateRedis::start();
+    let prefix = "grace";
+    let store = RedisStore::connect(&redis.url(), prefix)
+        .await
+        .expect("private redis");
+    let metrics = Arc::new(Metrics::default());
+    let reconciler = Reconciler::new(
+        RedisStore::connect(&redis.url(), prefix)
+            .await
+            .expect("private redis"),
+        None,
+        None,
+        metrics.clone(),
+    )
+    .with_lease_grace(GRACE);
+    let held = |m: &Metrics| {
+        m.encode()
+            .lines()
+            .any(|l| l == "reprise_recoverer_leases_on_hold 1")
+    };
+    let (live, dead) = (Owner::new("pod-live", "a"), Owner::new("pod-dead", "b"));
+    for (id, owner) in [("live", &live), ("dead", &dead)] {
+        let claim = store
+            .claim(&new_job(id, owner, SHORT))
+            .await
+            .expect("claim");
+        assert_eq!(claim.fence(), Some(1), "{id}: {claim:?}");
+    }
+    assert_eq!(pass_once_redis_answers(&reconciler).await, 0, "leases live");
+
+    // Restarted from a snapshot, after both leases lapsed.
+    redis.cmd(&["SAVE"]);
+    tokio::time::sleep(SHORT + Duration::from_millis(500)).await;
+    redis.restart();
+    assert_eq!(
+        pass_once_redis_answers(&reconciler).await,
+        0,
+        "a pass right after the restart judged leases its owners had no chance to renew"
+    );
+    assert!(held(&metrics), "{}", metrics.encode());
+    let renew = |lease_ttl| Checkpoint {
+        job_id: "live".into(),
+        fence: 1,
+        offset: Some("7".into()),
+        messages: 8,
+        lease_ttl,
+        replay: None,
+    };
+    // Its connection comes back, then it renews.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store.ping().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "redis is back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store.checkpoint(&renew(LONG_LEASE)).await.expect("renew"),
+        Write::Ok
+    );
+    tokio::time::sleep(GRACE + Duration::from_millis(200)).await;
+    assert_eq!(pass_once_redis_answers(&reconciler).await, 1);
+    assert!(!held(&metrics), "{}", metrics.encode());
+    assert_eq!(record(&store, "dead").await.status, JobStatus::Orphaned);
+    assert_eq!(record(&store, "live").await.status, JobStatus::Running);
+
+    // Stopped answering (SIGSTOP) while the live owner's lease runs out.
+    assert_eq!(
+        store.checkpoint(&renew(SHORT)).await.expect("renew"),
+        Write::Ok
+    );
+    redis.signal("-STOP");
+    assert!(reconciler.reconcile().await.is_err(), "redis is stopped");
+    tokio::time::sleep(SHORT).await;
+    redis.signal("-CONT");
+    assert_eq!(
+        pass_once_redis_answers(&reconciler).await,
+        0,
+        "a pass right after Redis answered again judged a lease its owner could not renew"
+    );
+    assert!(held(&metrics), "{}", metrics.encode());
+    assert_eq!(record(&store, "live").await.status, JobStatus::Running);
+}

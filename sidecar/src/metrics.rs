@@ -62,6 +62,9 @@ pub struct Metrics {
     pub store_errors: Family<OpLabels, Counter>,
     pub store_degraded: Gauge,
     pub store_pending_final_states: Gauge,
+    pub store_unconfirmed_final_states: Gauge,
+    pub store_unconfirmed_dropped: Counter,
+    pub store_final_states_rewritten: Counter,
     pub upstream_connects: Counter,
     pub accept_errors: Family<ListenerLabels, Counter>,
     pub connections_closed: Family<ClosedLabels, Counter>,
@@ -84,6 +87,9 @@ impl Default for Metrics {
             store_errors: Family::default(),
             store_degraded: Gauge::default(),
             store_pending_final_states: Gauge::default(),
+            store_unconfirmed_final_states: Gauge::default(),
+            store_unconfirmed_dropped: Counter::default(),
+            store_final_states_rewritten: Counter::default(),
             upstream_connects: Counter::default(),
             accept_errors: Family::default(),
             connections_closed: Family::default(),
@@ -153,6 +159,21 @@ impl Default for Metrics {
             "store_pending_final_states",
             "Final job states Redis did not take (it failed or timed out), kept and written once it answers",
             m.store_pending_final_states.clone(),
+        );
+        registry.register(
+            "store_unconfirmed_final_states",
+            "Final job states Redis took less than 5 s before this sidecar last saw the same Redis server answer: kept, and written again if its run_id changes (a restart or failover may have lost them)",
+            m.store_unconfirmed_final_states.clone(),
+        );
+        registry.register(
+            "store_unconfirmed_final_states_dropped",
+            "Final job states let go unconfirmed because more than 65,536 waited (a Redis restart could then lose them)",
+            m.store_unconfirmed_dropped.clone(),
+        );
+        registry.register(
+            "store_final_states_rewritten",
+            "Final job states written again after Redis restarted or failed over and had lost them",
+            m.store_final_states_rewritten.clone(),
         );
         registry.register(
             "upstream_connects",

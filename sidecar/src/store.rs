@@ -8,7 +8,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use reprise_jobs::{
@@ -29,6 +29,27 @@ pub enum Backend {
 
 /// How many job ids [`Store`] remembers as left in Redis.
 const KNOWN_IN_REDIS: usize = 4096;
+
+/// How long after Redis took a write it is on disk with `appendfsync everysec`: Redis fsyncs
+/// every second and, while an fsync lags, holds writes back for up to two more; with margin.
+const DURABLE_AFTER: Duration = Duration::from_secs(5);
+
+/// How many final states [`Store`] keeps until Redis has them on disk; past it the oldest goes
+/// (counted in `reprise_store_unconfirmed_final_states_dropped_total`).
+const UNCONFIRMED_MAX: usize = 65_536;
+
+/// A final state Redis took less than [`DURABLE_AFTER`] before this process last saw the same
+/// Redis server answer: a `redis-server` restarted in between (SIGKILL, OOM, a node lost) from
+/// its AOF or snapshot, or a failover to a replica that was behind, may have lost it, and then
+/// holds the job `running` under an owner that let it go. Its lease lapses, the recoverer
+/// orphans it, and an `on_request` job whose app got its whole stream waits forever for a call
+/// that never comes (docs/reliability.md, finding 18). So each is written again when the
+/// server's `run_id` changes.
+struct Unconfirmed {
+    at: Instant,
+    finish: Finish,
+    job: Option<NewJob>,
+}
 
 /// A bounded set of job ids, oldest out first.
 #[derive(Default)]
@@ -71,6 +92,10 @@ pub struct Store {
     /// first): while Redis counts as down, a claim of one of them still asks Redis, where the
     /// job waits to be resumed, rather than start it afresh in memory.
     in_redis: Mutex<Known>,
+    /// Final states Redis took that it may not have on disk yet (see [`Unconfirmed`]), oldest
+    /// first, and the `run_id` of the server that took them.
+    unconfirmed: Mutex<std::collections::VecDeque<Unconfirmed>>,
+    run_id: Mutex<Option<String>>,
     degraded: AtomicBool,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -92,6 +117,8 @@ impl Store {
             memory: Arc::new(MemoryStore::new()),
             pending: Mutex::new(HashMap::new()),
             in_redis: Mutex::new(Known::default()),
+            unconfirmed: Mutex::default(),
+            run_id: Mutex::default(),
             degraded: AtomicBool::new(false),
             health,
             metrics,
@@ -116,6 +143,10 @@ impl Store {
                     && let Err(e) = r.register_sidecar(owner).await
                 {
                     tracing::warn!(error = %e, "cannot register this sidecar instance in redis");
+                }
+                match r.run_id().await {
+                    Ok(id) => *self.run_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id),
+                    Err(e) => tracing::warn!(error = %e, "cannot read redis's run_id"),
                 }
                 let _ = self.redis.set(r);
                 true
@@ -312,6 +343,9 @@ impl Store {
             }
         };
         let Some(job) = job.filter(|_| written == Write::Forgotten) else {
+            if written == Write::Ok && backend == Backend::Redis {
+                self.unconfirmed_push(f, job);
+            }
             return Some(written);
         };
         let restore = Restore {
@@ -323,13 +357,82 @@ impl Store {
         };
         match self.restore(backend, restore).await? {
             Write::Ok => match self.get(backend).finish(f).await {
-                Ok(w) => Some(w),
+                Ok(w) => {
+                    if w == Write::Ok && backend == Backend::Redis {
+                        self.unconfirmed_push(f, Some(job));
+                    }
+                    Some(w)
+                }
                 Err(e) => {
                     self.failed("finish", &e);
                     None
                 }
             },
             refused => Some(refused),
+        }
+    }
+
+    fn unconfirmed_push(&self, f: &Finish, job: Option<&NewJob>) {
+        let mut kept = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
+        kept.push_back(Unconfirmed {
+            at: Instant::now(),
+            finish: f.clone(),
+            job: job.cloned(),
+        });
+        if kept.len() > UNCONFIRMED_MAX {
+            kept.pop_front();
+            self.metrics.store_unconfirmed_dropped.inc();
+        }
+        self.metrics
+            .store_unconfirmed_final_states
+            .set(kept.len() as i64);
+    }
+
+    /// After a probe sent at `sent` found the server `run_id`: the same server as before has
+    /// on disk what it took [`DURABLE_AFTER`] before; another one (restarted, or failed over
+    /// to) gets every final state it may have lost written again. Writing one again is safe:
+    /// the fence refuses it where the job has moved on (taken over, or finished already).
+    async fn confirm_or_write_again(&self, run_id: String, sent: Instant) {
+        let before = self
+            .run_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(run_id.clone());
+        let again: Vec<Unconfirmed> = {
+            let mut kept = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
+            if before.as_ref().is_none_or(|b| *b == run_id) {
+                while kept.front().is_some_and(|u| u.at + DURABLE_AFTER <= sent) {
+                    kept.pop_front();
+                }
+                self.metrics
+                    .store_unconfirmed_final_states
+                    .set(kept.len() as i64);
+                return;
+            }
+            self.metrics.store_unconfirmed_final_states.set(0);
+            kept.drain(..).collect()
+        };
+        tracing::warn!(
+            redis.run_id.before = before.as_deref().unwrap_or_default(),
+            redis.run_id = %run_id,
+            final_states = again.len(),
+            "redis restarted or failed over: writing again the final job states it may have lost"
+        );
+        for u in again {
+            match self.finish(Backend::Redis, &u.finish, u.job.as_ref()).await {
+                Some(Write::Ok) => {
+                    self.metrics.store_final_states_rewritten.inc();
+                    tracing::warn!(
+                        job.id = %u.finish.job_id,
+                        status = u.finish.status.as_str(),
+                        "final job state written again: redis had lost it"
+                    );
+                }
+                // Redis kept it, or the job has moved on under another owner since.
+                Some(_) => {}
+                // Kept as pending by `finish`, written once Redis answers.
+                None => {}
+            }
         }
     }
 
@@ -417,13 +520,20 @@ impl Store {
         Some(written)
     }
 
-    /// Probes Redis every second while degraded (and every ten otherwise) and flips readiness.
+    /// Probes Redis every second while degraded or while final states wait to be on disk (see
+    /// [`Unconfirmed`]), every ten otherwise; flips readiness, and writes final states again
+    /// when the server's `run_id` has changed.
     pub async fn watch_redis(self: Arc<Self>, shutdown: CancellationToken) {
         if self.redis_config.is_none() {
             return;
         }
         loop {
-            let pause = if self.degraded.load(Ordering::Relaxed) {
+            let unconfirmed = !self
+                .unconfirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            let pause = if self.degraded.load(Ordering::Relaxed) || unconfirmed {
                 Duration::from_secs(1)
             } else {
                 Duration::from_secs(10)
@@ -438,8 +548,12 @@ impl Store {
                 }
                 continue;
             };
-            match redis.ping().await {
-                Ok(()) => self.recovered(),
+            let sent = Instant::now();
+            match redis.run_id().await {
+                Ok(id) => {
+                    self.recovered();
+                    self.confirm_or_write_again(id, sent).await;
+                }
                 Err(e) => self.failed("ping", &e),
             }
         }

@@ -22,9 +22,21 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start(w: &World, port: u16) -> PrivateRedis {
+        Self::start_with(w, port, &[])
+    }
+
+    /// One that starts from the snapshot in `dir` (taken by `SAVE`), as a Redis restarted
+    /// from its RDB or from an AOF that had not fsynced the last writes does.
+    fn start_from_snapshot(w: &World, port: u16, dir: &std::path::Path) -> PrivateRedis {
+        let dir = dir.to_string_lossy();
+        Self::start_with(w, port, &["--dir", &dir, "--dbfilename", "dump.rdb"])
+    }
+
+    fn start_with(w: &World, port: u16, extra: &[&str]) -> PrivateRedis {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"]);
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra);
         let proc = Proc::spawn("redis-server", &mut cmd, w.path());
         wait_port(port, Duration::from_secs(20));
         PrivateRedis {
@@ -467,4 +479,63 @@ fn a_sidecar_stopped_while_redis_stalls_leaves_its_job_resumable() {
         first.len()
     );
     assert_eq!(redis.hget(&key, "status").as_deref(), Some("completed"));
+}
+
+/// Finding 18 of docs/reliability.md (the CI soak of 2026-12-04, seed 7: one `on_request` job
+/// ended `orphaned` though its app had its whole stream): Redis took a job's `completed` and
+/// was SIGKILLed before it had that on disk (`appendfsync everysec` loses up to a second).
+/// Restarted, it held the job `running` under an owner that had let it go; the lease lapsed,
+/// the recoverer orphaned it, and nobody ever asks for a job whose app is done. Here Redis
+/// restarts from a snapshot taken mid-stream, which loses the same write for sure. The
+/// sidecar sees the server's `run_id` change and writes the final state again.
+#[test]
+fn a_final_state_a_restarted_redis_lost_is_written_again() {
+    let w = World::new();
+    let port = free_port();
+    let dir = w.path().join("redis-data");
+    std::fs::create_dir_all(&dir).expect("redis dir");
+    let mut redis = PrivateRedis::start_from_snapshot(&w, port, &dir);
+    let (_server, sidecar, mut client, record) = start_stream(&w, &redis);
+    wait_recorded(&mut client, &record, 3000);
+    wait_until("progress checkpointed in redis", LONG, || {
+        redis.job_key(&w.prefix).is_some_and(|k| {
+            redis
+                .hget(&k, "messages")
+                .and_then(|m| m.parse::<u64>().ok())
+                .is_some_and(|m| m > 0)
+        })
+    });
+    let key = redis.job_key(&w.prefix).expect("job key");
+    let _: () = redis::cmd("SAVE").query(&mut redis.conn()).expect("SAVE");
+    let status = client.wait_exit(LONG);
+    assert!(status.success(), "{}", client.summary());
+    // Killed the moment it has `completed`: well within the sidecar's five seconds.
+    wait_until("job completed in redis", LONG, || {
+        redis.hget(&key, "status").as_deref() == Some("completed")
+    });
+    redis.kill9();
+    let redis = PrivateRedis::start_from_snapshot(&w, port, &dir);
+    wait_until(
+        "the final state written again",
+        Duration::from_secs(30),
+        || redis.hget(&key, "status").as_deref() == Some("completed"),
+    );
+    assert_eq!(redis.hget(&key, "messages"), Some(N.to_string()));
+    assert_eq!(redis.hget(&key, "offset"), Some((N - 1).to_string()));
+    assert_eq!(redis.hget(&key, "lease_expires_at").as_deref(), Some(""));
+    // Counted only if the restarted Redis took it, so only if it had lost it.
+    assert_eq!(
+        w.metric("reprise_store_final_states_rewritten_total", &[]),
+        1.0,
+        "{}",
+        w.metrics()
+    );
+    let log = sidecar.log_text();
+    assert!(
+        log.contains("redis restarted or failed over"),
+        "the restart is logged:\n{log}"
+    );
+    wait_until("nothing left unconfirmed", LONG, || {
+        w.metric("reprise_store_unconfirmed_final_states", &[]) == 0.0
+    });
 }

@@ -377,6 +377,8 @@ struct Fleet {
     recoverer: Option<Proc>,
     recoverer_starts: u32,
     jobs_per_pod: usize,
+    /// The sidecars' `lease_ttl`, which is the recoverer's `lease_grace` too.
+    lease_ttl: String,
     journal: std::fs::File,
     faults: Vec<Fault>,
 }
@@ -389,10 +391,11 @@ impl Fleet {
             &config,
             format!(
                 "redis_url: {}\namqp_url: {}\nkey_prefix: {}\nmetrics_listen: 127.0.0.1:{metrics}\n\
-                 reconcile_interval: 500ms\nkube: true\nnamespaces: [{NAMESPACE}]\n",
+                 reconcile_interval: 500ms\nlease_grace: {grace}\nkube: true\nnamespaces: [{NAMESPACE}]\n",
                 quote(&self.redis.url()),
                 quote(&self.rabbit.url()),
                 quote(&self.prefix),
+                grace = quote(&self.lease_ttl),
             ),
         )?;
         let mut cmd = Command::new(crate::procs::shipped_bin("reprise-recoverer")?);
@@ -888,6 +891,7 @@ fn soak(
             recoverer: None,
             recoverer_starts: 0,
             jobs_per_pod: args.jobs_per_pod,
+            lease_ttl: args.lease_ttl.clone(),
             journal: std::fs::File::create(dir.join("faults.jsonl"))?,
             faults: Vec::new(),
         };
