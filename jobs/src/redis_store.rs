@@ -316,18 +316,31 @@ impl RedisStore {
     /// The server's `run_id` (`INFO server`): new at every start of `redis-server`, and
     /// another server's after a failover. A change tells a client that Redis may have lost
     /// what it acknowledged last: an `appendfsync everysec` AOF loses up to about a second, a
-    /// snapshot everything since it, a replica what it had not received.
-    pub async fn run_id(&self) -> Result<String, StoreError> {
-        let info: String = redis::cmd("INFO")
+    /// snapshot everything since it, a replica what it had not received. `None` when the
+    /// server refuses `INFO` (an ACL user without `+info`, a managed Redis that renames it) or
+    /// gives no `run_id`: Redis answered, but a restart cannot be told.
+    pub async fn run_id(&self) -> Result<Option<String>, StoreError> {
+        let info = redis::cmd("INFO")
             .arg("server")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(StoreError::redis("info"))?;
+            .query_async::<String>(&mut self.conn())
+            .await;
+        let info = match info {
+            Ok(info) => info,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(StoreError::redis("info")(e)),
+        };
         Ok(info
             .lines()
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|id| id.trim().to_owned())
-            .unwrap_or_default())
+            .filter(|id| !id.is_empty()))
     }
 
     /// The `deliver` jobs let go at least `first` ago that no pod has claimed since; each is

@@ -637,3 +637,40 @@ async fn a_deliver_job_let_go_waits_in_the_handoff_index_until_claimed() -> Resu
     })
     .await
 }
+
+/// `run_id` tells a restarted Redis (or another server after a failover) from the one a
+/// client saw before; a user whose ACL refuses `INFO` gets `None`, not an error, so that a
+/// store's probe does not count a live Redis as down.
+#[tokio::test]
+async fn run_id_is_the_servers_and_none_where_info_is_refused() -> Result<()> {
+    with_redis(|mut f| async move {
+        let url = support::redis_url();
+        let store = RedisStore::connect(&url, "run-id").await?;
+        let id = store
+            .run_id()
+            .await?
+            .context("INFO server gives a run_id")?;
+        ensure!(id.len() == 40, "a run_id is 40 hex digits: {id:?}");
+        ensure!(store.run_id().await? == Some(id.clone()), "the same server");
+
+        let user = format!("reprise-noinfo-{}", uuid::Uuid::new_v4().simple());
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", &user, "on", ">pw", "~*", "&*", "+@all", "-info"][..])
+            .query_async(&mut f.raw)
+            .await?;
+        let limited = url.replacen("redis://", &format!("redis://{user}:pw@"), 1);
+        let outcome = async {
+            let store = RedisStore::connect(&limited, "run-id").await?;
+            ensure!(store.run_id().await?.is_none(), "INFO refused: no run_id");
+            store.ping().await?;
+            Ok(())
+        }
+        .await;
+        let _: () = redis::cmd("ACL")
+            .arg(&["DELUSER", &user][..])
+            .query_async(&mut f.raw)
+            .await?;
+        outcome
+    })
+    .await
+}

@@ -152,17 +152,18 @@ impl Reconciler {
             .redis_seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let restarted = seen.run_id.as_ref().is_some_and(|r| *r != run_id);
+        // A server that refuses `INFO` gives no run_id: only failed passes start a hold then.
+        let restarted = matches!((&seen.run_id, &run_id), (Some(a), Some(b)) if a != b);
         if restarted || seen.failed {
             tracing::warn!(
-                redis.run_id = %run_id,
+                redis.run_id = run_id.as_deref().unwrap_or_default(),
                 why = if restarted { "restarted or failed over" } else { "unreachable" },
                 grace = %humantime::format_duration(self.lease_grace),
                 "redis was unreachable or restarted: leases are judged again once its owners have had the grace to renew"
             );
             seen.hold_until = Some(now + self.lease_grace);
         }
-        seen.run_id = Some(run_id);
+        seen.run_id = run_id;
         seen.failed = false;
         let hold = seen.hold_until.is_some_and(|t| now < t);
         if !hold {

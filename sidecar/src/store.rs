@@ -145,7 +145,12 @@ impl Store {
                     tracing::warn!(error = %e, "cannot register this sidecar instance in redis");
                 }
                 match r.run_id().await {
-                    Ok(id) => *self.run_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id),
+                    Ok(Some(id)) => {
+                        *self.run_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+                    }
+                    Ok(None) => tracing::warn!(
+                        "redis refuses `INFO server` or gives no run_id (an ACL without +info?): a restart of redis that loses final job states is not noticed"
+                    ),
                     Err(e) => tracing::warn!(error = %e, "cannot read redis's run_id"),
                 }
                 let _ = self.redis.set(r);
@@ -392,12 +397,16 @@ impl Store {
     /// on disk what it took [`DURABLE_AFTER`] before; another one (restarted, or failed over
     /// to) gets every final state it may have lost written again. Writing one again is safe:
     /// the fence refuses it where the job has moved on (taken over, or finished already).
-    async fn confirm_or_write_again(&self, run_id: String, sent: Instant) {
-        let before = self
-            .run_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(run_id.clone());
+    /// A server that gives no `run_id` counts as the same one.
+    async fn confirm_or_write_again(&self, run_id: Option<String>, sent: Instant) {
+        let before = {
+            let mut known = self.run_id.lock().unwrap_or_else(|e| e.into_inner());
+            match &run_id {
+                Some(id) => known.replace(id.clone()),
+                None => known.clone(),
+            }
+        };
+        let run_id = run_id.or_else(|| before.clone()).unwrap_or_default();
         let again: Vec<Unconfirmed> = {
             let mut kept = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
             if before.as_ref().is_none_or(|b| *b == run_id) {
