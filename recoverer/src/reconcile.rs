@@ -91,6 +91,9 @@ pub struct Reconciler {
 /// What the passes saw of Redis, for [`Reconciler::leases_on_hold`].
 #[derive(Default)]
 struct RedisSeen {
+    /// A pass has read Redis before: a recoverer that just started has not, and cannot tell
+    /// whether Redis was away or restarted just before it (finding 19).
+    answered_before: bool,
     /// The server's `run_id` at the last pass that read it.
     run_id: Option<String>,
     /// A pass failed since (Redis unreachable or erring).
@@ -142,7 +145,9 @@ impl Reconciler {
     /// could have renewed it: after Redis was unreachable (a failed pass) or restarted (another
     /// `run_id`, with leases as old as its last write to disk, already lapsed however alive
     /// their owners are), every owner gets `lease_grace` of Redis answering to renew before
-    /// its lease is judged again. Without it one Redis restart orphaned live streams by the
+    /// its lease is judged again. So does a recoverer's first pass: it has not seen how Redis
+    /// was before it started (the soak restarted one while Redis was down, and its first pass
+    /// orphaned a live owner's every job). Without it one Redis restart orphaned live streams by the
     /// dozen, and each takeover replayed what its app had (docs/reliability.md, finding 17).
     /// Pod signals are evidence of their own and are not held.
     async fn leases_on_hold(&self) -> Result<bool, StoreError> {
@@ -154,17 +159,29 @@ impl Reconciler {
             .unwrap_or_else(PoisonError::into_inner);
         // A server that refuses `INFO` gives no run_id: only failed passes start a hold then.
         let restarted = matches!((&seen.run_id, &run_id), (Some(a), Some(b)) if a != b);
-        if restarted || seen.failed {
-            tracing::warn!(
-                redis.run_id = run_id.as_deref().unwrap_or_default(),
-                why = if restarted { "restarted or failed over" } else { "unreachable" },
-                grace = %humantime::format_duration(self.lease_grace),
-                "redis was unreachable or restarted: leases are judged again once its owners have had the grace to renew"
-            );
+        let first = !seen.answered_before;
+        if restarted || seen.failed || first {
+            let grace = humantime::format_duration(self.lease_grace);
+            if first {
+                // Every start: not a fault.
+                tracing::info!(
+                    redis.run_id = run_id.as_deref().unwrap_or_default(),
+                    %grace,
+                    "first pass: expired leases are judged once their owners have had the grace to renew"
+                );
+            } else {
+                tracing::warn!(
+                    redis.run_id = run_id.as_deref().unwrap_or_default(),
+                    why = if restarted { "restarted or failed over" } else { "unreachable" },
+                    %grace,
+                    "redis was unreachable or restarted: leases are judged again once its owners have had the grace to renew"
+                );
+            }
             seen.hold_until = Some(now + self.lease_grace);
         }
         seen.run_id = run_id;
         seen.failed = false;
+        seen.answered_before = true;
         let hold = seen.hold_until.is_some_and(|t| now < t);
         if !hold {
             seen.hold_until = None;

@@ -66,7 +66,9 @@ async fn start(pods: Vec<Pod>, yaml: &str) -> Harness {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let reconciler = Reconciler::new(store.clone(), None, Some(view), metrics.clone());
+    // These tests judge leases at once; the grace has its own tests below.
+    let reconciler = Reconciler::new(store.clone(), None, Some(view), metrics.clone())
+        .with_lease_grace(Duration::ZERO);
     Harness {
         api,
         reconciler,
@@ -495,17 +497,15 @@ async fn pass_once_redis_answers(reconciler: &Reconciler) -> usize {
     }
 }
 
-/// Finding 17 of docs/reliability.md: Redis restarted from disk holds leases as old as its last
-/// write, lapsed however alive their owners are, and a Redis that did not answer kept owners
-/// from renewing. Every pass right after either orphaned live streams by the dozen. Now leases
-/// go unjudged for `lease_grace` of Redis answering: an owner that renews meanwhile keeps its
-/// job, and one that does not loses it once the grace is over.
-#[tokio::test]
-async fn leases_go_unjudged_for_the_grace_after_redis_restarts_or_stops_answering() {
-    const GRACE: Duration = Duration::from_secs(3);
-    const SHORT: Duration = Duration::from_secs(1);
-    let mut redis = PrivateRedis::start();
-    let prefix = "grace";
+/// A store and a reconciler (with `grace`, no pods, no broker) on a private Redis, two jobs
+/// claimed with a `lease` by the owners `live` and `dead`, and whether the reconciler reports
+/// leases on hold.
+async fn two_owners_and_a_reconciler(
+    redis: &PrivateRedis,
+    prefix: &str,
+    grace: Duration,
+    lease: Duration,
+) -> (RedisStore, Reconciler, Arc<Metrics>) {
     let store = RedisStore::connect(&redis.url(), prefix)
         .await
         .expect("private redis");
@@ -518,20 +518,49 @@ async fn leases_go_unjudged_for_the_grace_after_redis_restarts_or_stops_answerin
         None,
         metrics.clone(),
     )
-    .with_lease_grace(GRACE);
-    let held = |m: &Metrics| {
-        m.encode()
-            .lines()
-            .any(|l| l == "reprise_recoverer_leases_on_hold 1")
-    };
+    .with_lease_grace(grace);
     let (live, dead) = (Owner::new("pod-live", "a"), Owner::new("pod-dead", "b"));
     for (id, owner) in [("live", &live), ("dead", &dead)] {
         let claim = store
-            .claim(&new_job(id, owner, SHORT))
+            .claim(&new_job(id, owner, lease))
             .await
             .expect("claim");
         assert_eq!(claim.fence(), Some(1), "{id}: {claim:?}");
     }
+    (store, reconciler, metrics)
+}
+
+fn leases_held(m: &Metrics) -> bool {
+    m.encode()
+        .lines()
+        .any(|l| l == "reprise_recoverer_leases_on_hold 1")
+}
+
+/// The checkpoint that renews the `live` job's lease for `lease_ttl`.
+fn renew_live(lease_ttl: Duration) -> Checkpoint {
+    Checkpoint {
+        job_id: "live".into(),
+        fence: 1,
+        offset: Some("7".into()),
+        messages: 8,
+        lease_ttl,
+        replay: None,
+    }
+}
+
+/// Finding 17 of docs/reliability.md: Redis restarted from disk holds leases as old as its last
+/// write, lapsed however alive their owners are, and a Redis that did not answer kept owners
+/// from renewing. Every pass right after either orphaned live streams by the dozen. Now leases
+/// go unjudged for `lease_grace` of Redis answering: an owner that renews meanwhile keeps its
+/// job, and one that does not loses it once the grace is over.
+#[tokio::test]
+async fn leases_go_unjudged_for_the_grace_after_redis_restarts_or_stops_answering() {
+    const GRACE: Duration = Duration::from_secs(3);
+    const SHORT: Duration = Duration::from_secs(1);
+    let mut redis = PrivateRedis::start();
+    let (store, reconciler, metrics) =
+        two_owners_and_a_reconciler(&redis, "grace", GRACE, SHORT).await;
+    let held = leases_held;
     assert_eq!(pass_once_redis_answers(&reconciler).await, 0, "leases live");
 
     // Restarted from a snapshot, after both leases lapsed.
@@ -544,14 +573,7 @@ async fn leases_go_unjudged_for_the_grace_after_redis_restarts_or_stops_answerin
         "a pass right after the restart judged leases its owners had no chance to renew"
     );
     assert!(held(&metrics), "{}", metrics.encode());
-    let renew = |lease_ttl| Checkpoint {
-        job_id: "live".into(),
-        fence: 1,
-        offset: Some("7".into()),
-        messages: 8,
-        lease_ttl,
-        replay: None,
-    };
+    let renew = renew_live;
     // Its connection comes back, then it renews.
     let deadline = tokio::time::Instant::now() + WAIT;
     while store.ping().await.is_err() {
@@ -583,5 +605,38 @@ async fn leases_go_unjudged_for_the_grace_after_redis_restarts_or_stops_answerin
         "a pass right after Redis answered again judged a lease its owner could not renew"
     );
     assert!(held(&metrics), "{}", metrics.encode());
+    assert_eq!(record(&store, "live").await.status, JobStatus::Running);
+}
+
+/// The soak's finding 19 (seed 7, 2026-12-06): a recoverer SIGKILLed and restarted while Redis
+/// was down made its first pass a moment after Redis answered, knew nothing of the outage, and
+/// orphaned every job of a live owner whose lease had lapsed in it. A recoverer's first pass
+/// now holds leases for the grace, as after an outage it saw.
+#[tokio::test]
+async fn a_recoverer_that_just_started_gives_owners_the_grace_first() {
+    const GRACE: Duration = Duration::from_secs(2);
+    const SHORT: Duration = Duration::from_secs(1);
+    let redis = PrivateRedis::start();
+    let (store, reconciler, metrics) =
+        two_owners_and_a_reconciler(&redis, "first-pass", GRACE, SHORT).await;
+    // Both leases lapse before the recoverer's first pass (the owners could not reach Redis).
+    tokio::time::sleep(SHORT + Duration::from_millis(300)).await;
+    assert_eq!(
+        pass_once_redis_answers(&reconciler).await,
+        0,
+        "the first pass judged leases it had not seen lapse"
+    );
+    assert!(leases_held(&metrics), "{}", metrics.encode());
+    // The live owner renews within the grace; the dead one does not.
+    assert_eq!(
+        store
+            .checkpoint(&renew_live(LONG_LEASE))
+            .await
+            .expect("renew"),
+        Write::Ok
+    );
+    tokio::time::sleep(GRACE + Duration::from_millis(200)).await;
+    assert_eq!(pass_once_redis_answers(&reconciler).await, 1);
+    assert_eq!(record(&store, "dead").await.status, JobStatus::Orphaned);
     assert_eq!(record(&store, "live").await.status, JobStatus::Running);
 }

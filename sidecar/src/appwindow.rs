@@ -9,16 +9,27 @@
 //! and the app gets those messages again rather than never.
 //!
 //! [`Tap`] wraps the app's TCP stream and parses only frame headers and the payloads of
-//! SETTINGS frames from what the app sends. It forwards every byte unchanged, and a frame it
-//! cannot parse only stops the parsing: the bound then stays at the largest value seen.
+//! SETTINGS and WINDOW_UPDATE frames from what the app sends. It forwards every byte unchanged,
+//! and a frame it cannot parse only stops the parsing: the bound then stays at the largest value
+//! seen.
+//!
+//! It also keeps, per HTTP/2 stream the sidecar is sending on, the DATA written and the window
+//! the app gave back for it ([`StreamFlow`]): an app's HTTP/2 library returns a stream's window
+//! as the app's code reads (grpc-go once a quarter of the window is read, h2 and nghttp2 once
+//! half is), so what it has not given back is what it may hold unread. A SIGTERM handoff waits
+//! on that before it says where the job stands (`stream::finish`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     pin::Pin,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,8 +41,13 @@ const DEFAULT_MAX_FRAME: u32 = 16_384;
 /// `max_send_buf_size` to this).
 pub const SEND_BUFFER: u64 = 16 * 1024;
 const PREFACE_LEN: usize = 24;
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const WINDOW_UPDATE: u8 = 0x8;
 const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
 
@@ -46,6 +62,137 @@ pub struct AppWindow {
     /// bytes hyper wrote to the socket: the difference is what hyper still holds.
     handed: AtomicU64,
     written: AtomicU64,
+    /// The streams the sidecar has written DATA on and not yet ended, by stream id.
+    streams: Mutex<HashMap<u32, StreamFlow>>,
+}
+
+/// One HTTP/2 stream's DATA the sidecar wrote to the app and the window the app gave back for
+/// it (its WINDOW_UPDATE increments on the stream: what its library says its code consumed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamFlow {
+    pub sent: u64,
+    pub credited: u64,
+    /// When DATA was last written on it.
+    pub last_sent: Option<Instant>,
+    /// Writes of DATA not yet given back, sampled (written before, through, when): a write
+    /// becomes a sample once `spacing` bytes or [`SAMPLE_EVERY`] have passed since the last
+    /// one, so every write between two samples came within [`SAMPLE_EVERY`] of the first.
+    /// That is how an update tells how long after it was written the app read the byte it
+    /// reached.
+    sends: VecDeque<(u64, u64, Instant)>,
+    /// The app's latest update (when, and how much it gave back) and when the one before came.
+    last_credit: Option<(Instant, u32)>,
+    previous_credit: Option<Instant>,
+    /// The latest update that came while the app held most of its window unread: the app's
+    /// reading, not the data's arrival, set the pace then.
+    last_backlogged: Option<Instant>,
+    /// How long after they were written the app read the bytes its last few updates reached.
+    lags: [Option<Duration>; LAGS],
+    next_lag: usize,
+}
+
+/// Updates whose lag is remembered; samples of what was written, at most.
+const LAGS: usize = 4;
+const MAX_SEND_SAMPLES: usize = 128;
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+impl StreamFlow {
+    fn new() -> Self {
+        StreamFlow {
+            sent: 0,
+            credited: 0,
+            last_sent: None,
+            sends: VecDeque::new(),
+            last_credit: None,
+            previous_credit: None,
+            last_backlogged: None,
+            lags: [None; LAGS],
+            next_lag: 0,
+        }
+    }
+
+    /// A stream that was sent `sent` bytes, last at `last_sent`, and given these credits.
+    #[cfg(test)]
+    pub fn sent_and_credited(
+        sent: u64,
+        last_sent: Instant,
+        window: u32,
+        credits: &[(Instant, u32)],
+    ) -> Self {
+        let mut f = StreamFlow::new();
+        f.sent(sent, last_sent, u64::MAX);
+        for &(t, c) in credits {
+            f.credit(c, t, window);
+        }
+        f
+    }
+
+    /// What the app received on the stream and has not said it consumed.
+    pub fn unacked(&self) -> u64 {
+        self.sent.saturating_sub(self.credited)
+    }
+
+    /// When the app last gave window back while it was behind (it held more than three
+    /// quarters of its window unread).
+    pub fn last_backlogged(&self) -> Option<Instant> {
+        self.last_backlogged
+    }
+
+    /// Bytes per second the app's code read between its last two updates, and when the last
+    /// came (`None` before two).
+    pub fn read_rate(&self) -> Option<(f64, Instant)> {
+        let ((t1, increment), t0) = (self.last_credit?, self.previous_credit?);
+        let secs = t1.duration_since(t0).as_secs_f64();
+        (secs > 0.0).then(|| (f64::from(increment) / secs, t1))
+    }
+
+    /// The longest of the last few lags between writing a byte and the app's update that
+    /// reached it (`None` before an update).
+    pub fn lag(&self) -> Option<Duration> {
+        self.lags.iter().flatten().max().copied()
+    }
+
+    fn sent(&mut self, bytes: u64, now: Instant, spacing: u64) {
+        let before = self.sent;
+        self.sent += bytes;
+        self.last_sent = Some(now);
+        if self
+            .sends
+            .back()
+            .is_none_or(|&(_, to, t)| self.sent >= to + spacing || now >= t + SAMPLE_EVERY)
+        {
+            self.sends.push_back((before, self.sent, now));
+            if self.sends.len() > MAX_SEND_SAMPLES {
+                self.sends.pop_front();
+            }
+        }
+    }
+
+    fn credit(&mut self, increment: u32, now: Instant, window: u32) {
+        if self.unacked() > u64::from(window) / 4 * 3 {
+            self.last_backlogged = Some(now);
+        }
+        self.credited += u64::from(increment);
+        self.previous_credit = self.last_credit.map(|(t, _)| t);
+        self.last_credit = Some((now, increment));
+        // When the byte the update reached was written: in the first sampled write through it,
+        // or else in a write less than SAMPLE_EVERY after the sample before (counted from that
+        // sample: the lag is then at most SAMPLE_EVERY too long).
+        let covering = self.sends.partition_point(|&(_, to, _)| to < self.credited);
+        let written = match self.sends.get(covering) {
+            Some(&(from, _, t)) if from < self.credited => Some(t),
+            _ => self
+                .sends
+                .get(covering.wrapping_sub(1))
+                .or(self.sends.front())
+                .map(|&(_, _, t)| t),
+        };
+        if let Some(t) = written {
+            self.lags[self.next_lag] = Some(now.saturating_duration_since(t));
+            self.next_lag = (self.next_lag + 1) % LAGS;
+        }
+        self.sends.drain(..covering.saturating_sub(1));
+    }
 }
 
 impl Default for AppWindow {
@@ -56,6 +203,7 @@ impl Default for AppWindow {
             addrs: None,
             handed: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            streams: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -101,6 +249,55 @@ impl AppWindow {
         u64::from(self.window.load(Ordering::Relaxed))
             + 2 * u64::from(self.max_frame.load(Ordering::Relaxed))
             + SEND_BUFFER
+    }
+
+    /// The open streams on which the sidecar has written exactly `sent` DATA bytes: those that
+    /// may be the call whose body yielded that much (the server's side of hyper does not say
+    /// which stream a call is; several calls may have yielded the same).
+    pub fn streams_with_sent(&self, sent: u64) -> Vec<StreamFlow> {
+        self.lock_streams()
+            .values()
+            .filter(|f| f.sent == sent)
+            .cloned()
+            .collect()
+    }
+
+    /// What the app may hold unread of a stream it has not given `unacked` bytes of window back
+    /// for: those, and two frames its gRPC library took from HTTP/2 and has not yet handed on.
+    pub fn unread_of(&self, unacked: u64) -> u64 {
+        unacked + 2 * u64::from(self.max_frame.load(Ordering::Relaxed))
+    }
+
+    /// The app's stream window (the largest it asked for).
+    pub fn stream_window(&self) -> u64 {
+        u64::from(self.window.load(Ordering::Relaxed))
+    }
+
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, HashMap<u32, StreamFlow>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sent_on(&self, stream: u32, bytes: u64) {
+        // Samples a sixteenth of the window apart: a window's worth of history in 16.
+        let spacing = (self.stream_window() / 16).max(1024);
+        self.lock_streams()
+            .entry(stream)
+            .or_insert_with(StreamFlow::new)
+            .sent(bytes, Instant::now(), spacing);
+    }
+
+    /// A stream ended (END_STREAM from the sidecar, RST_STREAM either way): forgotten.
+    fn ended(&self, stream: u32) {
+        self.lock_streams().remove(&stream);
+    }
+
+    /// The app gave window back on a stream the sidecar is sending on (connection-level
+    /// updates say nothing of one stream's reading: grpc-go sends them as it reads the socket).
+    fn window_update(&self, stream: u32, increment: u32) {
+        let window = self.window.load(Ordering::Relaxed);
+        if let Some(f) = self.lock_streams().get_mut(&stream) {
+            f.credit(increment, Instant::now(), window);
+        }
     }
 
     fn settings(&self, payload: &[u8]) {
@@ -209,6 +406,10 @@ impl FrameHeader {
     fn payload_len(h: [u8; 9]) -> usize {
         (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2])
     }
+
+    fn stream(h: [u8; 9]) -> u32 {
+        u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff
+    }
 }
 
 /// Where the parser is in the app's byte stream.
@@ -217,7 +418,9 @@ struct Parser {
     preface_left: usize,
     header: FrameHeader,
     payload_left: usize,
-    settings: Option<Vec<u8>>,
+    /// The payload of the frame being read, for a SETTINGS (non-ACK) or WINDOW_UPDATE frame:
+    /// its kind, its stream and the bytes so far.
+    collecting: Option<(u8, u32, Vec<u8>)>,
     /// A frame longer than any SETTINGS frame can be: the stream is not HTTP/2 as this parser
     /// knows it, so it stops looking.
     stopped: bool,
@@ -232,7 +435,7 @@ impl Parser {
             preface_left: PREFACE_LEN,
             header: FrameHeader::default(),
             payload_left: 0,
-            settings: None,
+            collecting: None,
             stopped: false,
         }
     }
@@ -245,8 +448,8 @@ impl Parser {
                 bytes = &bytes[n..];
             } else if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len());
-                if let Some(s) = &mut self.settings {
-                    s.extend_from_slice(&bytes[..n]);
+                if let Some((_, _, payload)) = &mut self.collecting {
+                    payload.extend_from_slice(&bytes[..n]);
                 }
                 self.payload_left -= n;
                 bytes = &bytes[n..];
@@ -261,15 +464,22 @@ impl Parser {
 
     fn begin_frame(&mut self, h: [u8; 9], window: &AppWindow) {
         let len = FrameHeader::payload_len(h);
-        let (kind, flags) = (h[3], h[4]);
+        let (kind, flags, stream) = (h[3], h[4], FrameHeader::stream(h));
         self.payload_left = len;
-        self.settings = None;
-        if kind == SETTINGS && flags & ACK == 0 {
-            if len > MAX_SETTINGS_PAYLOAD {
-                self.stopped = true;
-                return;
+        self.collecting = None;
+        match kind {
+            SETTINGS if flags & ACK == 0 => {
+                if len > MAX_SETTINGS_PAYLOAD {
+                    self.stopped = true;
+                    return;
+                }
+                self.collecting = Some((kind, stream, Vec::with_capacity(len)));
             }
-            self.settings = Some(Vec::with_capacity(len));
+            WINDOW_UPDATE if stream != 0 && len == 4 => {
+                self.collecting = Some((kind, stream, Vec::with_capacity(4)));
+            }
+            RST_STREAM => window.ended(stream),
+            _ => {}
         }
         if len == 0 {
             self.end_frame(window);
@@ -277,22 +487,33 @@ impl Parser {
     }
 
     fn end_frame(&mut self, window: &AppWindow) {
-        if let Some(payload) = self.settings.take() {
-            window.settings(&payload);
+        match self.collecting.take() {
+            Some((SETTINGS, _, payload)) => window.settings(&payload),
+            Some((WINDOW_UPDATE, stream, payload)) => {
+                if let Ok(b) = <[u8; 4]>::try_from(payload.as_slice()) {
+                    // The top bit is reserved.
+                    window.window_update(stream, u32::from_be_bytes(b) & 0x7fff_ffff);
+                }
+            }
+            _ => {}
         }
     }
 }
 
-/// Counts the DATA payload bytes in what hyper writes (the server's side has no preface).
+/// Counts the DATA payload bytes in what hyper writes (the server's side has no preface), in
+/// all and per stream, and forgets each stream hyper ends.
 #[derive(Debug, Default)]
 struct DataCounter {
     header: FrameHeader,
     payload_left: usize,
+    /// The frame being written is DATA.
     data: bool,
+    /// Its stream, while that stream is open (its last DATA frame counts only in all).
+    stream: Option<u32>,
 }
 
 impl DataCounter {
-    fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+    fn feed(&mut self, mut bytes: &[u8], window: &AppWindow) -> u64 {
         let mut counted = 0;
         while !bytes.is_empty() {
             if self.payload_left > 0 {
@@ -300,12 +521,26 @@ impl DataCounter {
                 if self.data {
                     counted += n as u64;
                 }
+                if let Some(stream) = self.stream {
+                    window.sent_on(stream, n as u64);
+                }
                 self.payload_left -= n;
                 bytes = &bytes[n..];
             } else if let Some(h) = self.header.fill(&mut bytes) {
                 self.payload_left = FrameHeader::payload_len(h);
+                let (kind, flags, stream) = (h[3], h[4], FrameHeader::stream(h));
                 // hyper never pads DATA frames, so the payload is all data.
-                self.data = h[3] == 0x0;
+                self.data = kind == DATA;
+                self.stream = self.data.then_some(stream);
+                let ends = match kind {
+                    DATA | HEADERS => flags & END_STREAM != 0,
+                    RST_STREAM => true,
+                    _ => false,
+                };
+                if ends {
+                    self.stream = None;
+                    window.ended(stream);
+                }
             }
         }
         counted
@@ -331,7 +566,7 @@ impl<S> Tap<S> {
     }
 
     fn wrote(&mut self, bytes: &[u8]) {
-        let n = self.written.feed(bytes);
+        let n = self.written.feed(bytes, &self.window);
         if n > 0 {
             self.window.written.fetch_add(n, Ordering::Release);
         }
@@ -532,9 +767,112 @@ mod tests {
         bytes.extend(frame(0x0, 0x1, 3, &[7; 17]));
         for step in [1, 3, 9, 100, 5000] {
             let mut c = DataCounter::default();
-            let n: u64 = bytes.chunks(step).map(|b| c.feed(b)).sum();
+            let w = AppWindow::default();
+            let n: u64 = bytes.chunks(step).map(|b| c.feed(b, &w)).sum();
             assert_eq!(n, 1017, "step {step}");
         }
+    }
+
+    #[test]
+    fn each_open_stream_keeps_its_data_sent_and_the_window_the_app_gave_back() {
+        let w = AppWindow::default();
+        let mut out = frame(0x1, 0x4, 1, &[0x88]);
+        out.extend(frame(DATA, 0, 1, &[7; 1000]));
+        out.extend(frame(DATA, 0, 3, &[7; 300]));
+        out.extend(frame(DATA, 0, 5, &[7; 300]));
+        out.extend(frame(DATA, 0, 1, &[7; 500]));
+        out.extend(frame(HEADERS, 0x5, 3, &[0x88]));
+        // The end of stream 7 counts in all, not on the stream, which is gone.
+        out.extend(frame(DATA, 0x1, 7, &[7; 40]));
+        let mut c = DataCounter::default();
+        let written: u64 = out.chunks(7).map(|b| c.feed(b, &w)).sum();
+        assert_eq!(written, 2140);
+
+        let mut app = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        app.extend(frame(SETTINGS, 0, 0, &[]));
+        // A connection-level update says nothing of one stream.
+        app.extend(frame(WINDOW_UPDATE, 0, 0, &900u32.to_be_bytes()));
+        app.extend(frame(WINDOW_UPDATE, 0, 1, &600u32.to_be_bytes()));
+        app.extend(frame(
+            WINDOW_UPDATE,
+            0,
+            1,
+            &(0x8000_0000u32 | 300).to_be_bytes(),
+        ));
+        // Ended streams and streams never sent on are not kept.
+        app.extend(frame(WINDOW_UPDATE, 0, 3, &300u32.to_be_bytes()));
+        app.extend(frame(WINDOW_UPDATE, 0, 9, &300u32.to_be_bytes()));
+        app.extend(frame(RST_STREAM, 0, 5, &8u32.to_be_bytes()));
+        let mut p = Parser::new();
+        for chunk in app.chunks(5) {
+            p.feed(chunk, &w);
+        }
+        let flows = w.streams_with_sent(1500);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(
+            (flows[0].sent, flows[0].credited, flows[0].unacked()),
+            (1500, 900, 600)
+        );
+        assert!(w.streams_with_sent(300).is_empty(), "3 ended, 5 was reset");
+        assert_eq!(w.lock_streams().len(), 1);
+        assert_eq!(w.stream_window(), 65_535);
+    }
+
+    #[test]
+    fn the_read_rate_is_the_last_update_over_the_time_since_the_one_before() {
+        let t0 = Instant::now();
+        let later = t0 + std::time::Duration::from_millis(500);
+        let mut f = StreamFlow::sent_and_credited(60_000, t0, 65_535, &[(t0, 1000)]);
+        assert_eq!(f.read_rate(), None, "one update is no rate");
+        assert_eq!(f.last_backlogged(), Some(t0), "60,000 of 65,535 unread");
+        f.credit(2000, later, 65_535);
+        let (rate, at) = f.read_rate().expect("two updates");
+        assert!((rate - 4000.0).abs() < 1e-6, "{rate}");
+        assert_eq!(at, later);
+        assert_eq!(f.unacked(), 57_000);
+        let f = StreamFlow::sent_and_credited(20_000, t0, 65_535, &[(t0, 16_384)]);
+        assert_eq!(f.last_backlogged(), None, "it kept up");
+    }
+
+    #[test]
+    fn the_lag_is_how_long_after_a_byte_was_written_an_update_reached_it() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
+        let mut f = StreamFlow::new();
+        for i in 0..40u64 {
+            // 1 KiB every 10 ms: every write is a sample.
+            f.sent(1024, ms(i * 10), 1 << 20);
+        }
+        assert_eq!(f.lag(), None);
+        // Byte 16,384 was written at 150 ms (the 16th KiB).
+        f.credit(16_384, ms(250), 65_535);
+        assert_eq!(f.lag(), Some(std::time::Duration::from_millis(100)));
+        assert_eq!(
+            f.sends.len(),
+            26,
+            "samples behind the one before the credit are dropped"
+        );
+        f.credit(40_960 - 16_384, ms(400), 65_535);
+        assert_eq!(
+            f.lag(),
+            Some(std::time::Duration::from_millis(100)),
+            "the longest of the last"
+        );
+        // Writes less than SAMPLE_EVERY apart: a byte between samples counts from the one
+        // before.
+        let mut g = StreamFlow::new();
+        for i in 0..10u64 {
+            g.sent(100, ms(i), 1 << 20);
+        }
+        assert_eq!(g.sends.len(), 1);
+        g.credit(500, ms(30), 65_535);
+        assert_eq!(g.lag(), Some(std::time::Duration::from_millis(30)));
+        // Four quick updates later the slow one is forgotten.
+        for t in [500u64, 600, 700, 800] {
+            f.sent(4096, ms(t), 4096);
+            f.credit(4096, ms(t + 5), 65_535);
+        }
+        assert_eq!(f.lag(), Some(std::time::Duration::from_millis(5)));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub const KEYS: &[&str] = &[
     "lease_ttl",
     "shutdown_timeout",
     "drain_period",
+    "handoff_read_wait",
     "max_outage",
     "reconnect_backoff",
     "reconnect_backoff_max",
@@ -95,6 +96,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Shutdown step 1: how long streams about to end may finish before they are interrupted.
     pub drain_period: Duration,
+    /// Shutdown step 3: how long a stream waits for the app to read what it was handed before
+    /// it writes where the job stands (`0s`: not at all).
+    pub handoff_read_wait: Duration,
     pub max_outage: Duration,
     pub reconnect_backoff: Duration,
     pub reconnect_backoff_max: Duration,
@@ -246,6 +250,7 @@ impl Config {
             lease_ttl: p.duration("lease_ttl", "10s"),
             shutdown_timeout: p.duration("shutdown_timeout", "20s"),
             drain_period: p.duration_or_zero("drain_period", "1s"),
+            handoff_read_wait: p.duration_or_zero("handoff_read_wait", "10s"),
             max_outage: p.duration("max_outage", "30s"),
             reconnect_backoff: p.duration("reconnect_backoff", "50ms"),
             reconnect_backoff_max: p.duration("reconnect_backoff_max", "2s"),
@@ -279,6 +284,12 @@ impl Config {
             warnings: Vec::new(),
         };
         config.streams = p.streams(config.max_outage);
+        if p.raw("handoff_read_wait").is_none() {
+            // The default fits any deadline: at most two thirds of what the drain leaves of it.
+            config.handoff_read_wait = config
+                .handoff_read_wait
+                .min(config.shutdown_timeout.saturating_sub(config.drain_period) * 2 / 3);
+        }
         errors.extend(config.relations(descriptors.is_some()));
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -331,6 +342,13 @@ impl Config {
         if self.drain_period >= self.shutdown_timeout {
             errors.push(format!(
                 "key `drain_period`: {} must be shorter than `shutdown_timeout` ({}), or streams are never handed off",
+                humantime::format_duration(self.drain_period),
+                humantime::format_duration(self.shutdown_timeout)
+            ));
+        } else if self.drain_period + self.handoff_read_wait >= self.shutdown_timeout {
+            errors.push(format!(
+                "key `handoff_read_wait`: {} plus `drain_period` ({}) must be shorter than `shutdown_timeout` ({}), or the handoff has no time left to write and publish",
+                humantime::format_duration(self.handoff_read_wait),
                 humantime::format_duration(self.drain_period),
                 humantime::format_duration(self.shutdown_timeout)
             ));
@@ -763,6 +781,33 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
         assert_eq!(c.worker_threads, 1);
         assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn handoff_read_wait_defaults_to_what_the_shutdown_deadline_leaves_room_for() {
+        assert_eq!(
+            parse("").expect("valid").handoff_read_wait,
+            Duration::from_secs(10)
+        );
+        // A short deadline shrinks the default instead of refusing the config.
+        let c = parse("shutdown_timeout: 4s\n").expect("valid");
+        assert_eq!(c.handoff_read_wait, Duration::from_secs(2));
+        let c = parse("handoff_read_wait: 0\n").expect("valid");
+        assert_eq!(c.handoff_read_wait, Duration::ZERO);
+        let c = parse("handoff_read_wait: 12s\n").expect("valid");
+        assert_eq!(c.handoff_read_wait, Duration::from_secs(12));
+        // Set, it must fit.
+        let text = parse("shutdown_timeout: 4s\nhandoff_read_wait: 3s\n")
+            .expect_err("3 s + 1 s of drain leave nothing of 4 s")
+            .to_string();
+        assert!(
+            text.contains("key `handoff_read_wait`") && text.contains("shutdown_timeout"),
+            "{text}"
+        );
+        let text = parse("handoff_read_wait: soon\n")
+            .expect_err("not a duration")
+            .to_string();
+        assert!(text.contains("key `handoff_read_wait`"), "{text}");
     }
 
     #[test]

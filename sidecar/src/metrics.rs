@@ -41,6 +41,11 @@ pub struct ClosedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub op: &'static str,
 }
@@ -59,6 +64,7 @@ pub struct Metrics {
     pub checkpoint_fenced: Counter,
     pub store_restores: Counter,
     pub store_adoptions: Counter,
+    pub handoff_reads: Family<OutcomeLabels, Counter>,
     pub store_errors: Family<OpLabels, Counter>,
     pub store_degraded: Gauge,
     pub store_pending_final_states: Gauge,
@@ -84,6 +90,7 @@ impl Default for Metrics {
             checkpoint_fenced: Counter::default(),
             store_restores: Counter::default(),
             store_adoptions: Counter::default(),
+            handoff_reads: Family::default(),
             store_errors: Family::default(),
             store_degraded: Gauge::default(),
             store_pending_final_states: Gauge::default(),
@@ -139,6 +146,11 @@ impl Default for Metrics {
             "store_restores",
             "Jobs written back to Redis from this sidecar's own state after Redis had lost them (restarted empty, failed over, flushed, evicted)",
             m.store_restores.clone(),
+        );
+        registry.register(
+            "handoff_reads",
+            "Streams interrupted by shutdown, by what the wait for the app to read what it was handed found (read: offset as handed; app_died: its connection closed, rewound a window; not_read: handoff_read_wait ran out, rewound to what the app gave window back for)",
+            m.handoff_reads.clone(),
         );
         registry.register(
             "store_adoptions",

@@ -61,6 +61,8 @@ struct Inner {
     end: Option<End>,
     /// After `ready`, the app's body ends.
     closed: bool,
+    /// The DATA bytes the app's body has yielded to hyper in this call.
+    yielded: u64,
     /// The job's checkpoint slot, checked after every upstream frame: when a write was
     /// refused (the fence is lost), another owner holds the job and the attempt ends.
     slot: Arc<Slot>,
@@ -82,6 +84,7 @@ impl Pipe {
                 ready: VecDeque::with_capacity(2),
                 end: None,
                 closed: false,
+                yielded: 0,
                 slot,
                 body_waker: None,
                 task_waker: None,
@@ -99,6 +102,13 @@ impl Pipe {
     pub fn position(&self) -> (Option<Offset>, u64) {
         let inner = self.lock();
         (inner.filter.last.clone(), inner.filter.messages)
+    }
+
+    /// The DATA bytes the app's body has yielded to hyper in this call, once it has yielded
+    /// every chunk the filter passed (`None` while some wait for the app's stream to have room).
+    pub fn yielded_all(&self) -> Option<u64> {
+        let inner = self.lock();
+        (!inner.ready.iter().any(|c| c.frame.is_data())).then_some(inner.yielded)
     }
 
     /// Hands an attempt's upstream body to the app's body, which streams it from now on.
@@ -213,8 +223,9 @@ impl Body for AppBody {
         let inner = &mut *guard;
         loop {
             if let Some(chunk) = inner.ready.pop_front() {
+                let bytes = chunk.frame.data_ref().map_or(0, |d| d.len() as u64);
+                inner.yielded += bytes;
                 if let (Some(slot), Some((offset, messages))) = (&this.slot, &chunk.progress) {
-                    let bytes = chunk.frame.data_ref().map_or(0, |d| d.len() as u64);
                     slot.handed(offset, *messages, bytes);
                 }
                 return Poll::Ready(Some(Ok(chunk.frame)));

@@ -185,18 +185,34 @@ fn a_slow_app_killed_midway_gets_what_it_never_read_when_it_asks_again() {
     assert_eq!(w.job_field(&job, "status").as_deref(), Some("completed"));
 }
 
-/// A slow app (2 ms a message) lags far behind what the sidecar handed its connection when
-/// the sidecar is SIGKILLed; `app_dies` SIGKILLs the app at once as well (a pod killed), else
-/// it reads what its kernel already had until its call breaks. Then a restarted sidecar takes
-/// the app's identical request: the app must get everything after what it recorded, none of
-/// the backlog skipped. Returns (recorded before, recorded after, where the second run began).
-fn sidecar_killed_while_a_slow_app_lags(
+/// How the sidecar goes while its slow app lags.
+#[derive(Clone, Copy, PartialEq)]
+enum SidecarEnd {
+    /// SIGKILL, once a checkpoint is in Redis.
+    Killed,
+    /// SIGTERM (a handoff, with no drain period), and it must exit 0.
+    Stopped,
+}
+
+/// A slow app (2 ms a message) lags far behind what the sidecar handed its connection when the
+/// sidecar ends (`end`). `app_dies` SIGKILLs the app as well: at once after a SIGKILL (a pod
+/// killed), 300 ms after a SIGTERM (while the handoff waits for it to read its window); else it
+/// reads on until its call ends. Then a restarted sidecar takes the app's identical request: the
+/// app must get everything after what it recorded, none of the backlog skipped. Returns
+/// (recorded before, recorded after, where the second run began, the first sidecar's log).
+fn slow_app_lags_when_the_sidecar_ends(
+    end: SidecarEnd,
     app_dies: bool,
     window: Option<&str>,
-) -> (World, Vec<String>, Vec<String>, usize) {
+) -> (World, Vec<String>, Vec<String>, usize, String) {
     let w = World::new();
     let server = w.server(&["--users", "30000", "--delay-us", "20"]);
-    let config = w.config(true, "");
+    let extra = if end == SidecarEnd::Stopped {
+        "drain_period: 0s\n"
+    } else {
+        ""
+    };
+    let config = w.config(true, extra);
     let mut sidecar = w.sidecar(&config);
     let first = w.path().join("first.txt");
     let arg = first.to_string_lossy().to_string();
@@ -209,33 +225,53 @@ fn sidecar_killed_while_a_slow_app_lags(
         "--slow-us",
         "2000",
     ];
-    if let Some(window) = window {
-        args.extend(["--window", window]);
-    }
+    let flags: Vec<&str> = window.map(|w| vec!["--window", w]).unwrap_or_default();
+    args.extend(&flags);
     let mut client = w.client_proc(&args);
-    // Long enough for the backlog to outgrow the app's socket receive buffer (128 KiB while it
-    // reads slowly): the rest waits in the sidecar's send queue.
-    wait_until("slow client progress", LONG, || lines(&first).len() >= 3000);
-    let job = only_job(&w);
-    wait_until("a checkpoint", LONG, || {
-        w.job_field(&job, "messages")
-            .and_then(|m| m.parse::<u64>().ok())
-            .is_some_and(|m| m > 0)
-    });
-    sidecar.kill9();
+    match end {
+        SidecarEnd::Killed => {
+            // Long enough for the backlog to outgrow the app's socket receive buffer (128 KiB
+            // while it reads slowly): the rest waits in the sidecar's send queue.
+            wait_until("slow client progress", LONG, || lines(&first).len() >= 3000);
+            let job = only_job(&w);
+            wait_until("a checkpoint", LONG, || {
+                w.job_field(&job, "messages")
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .is_some_and(|m| m > 0)
+            });
+            sidecar.kill9();
+        }
+        SidecarEnd::Stopped => {
+            wait_until("slow client progress", LONG, || lines(&first).len() >= 1000);
+            sidecar.signal(15);
+            if app_dies {
+                // With a 64 KiB window the app holds about 1,300 users unread, 2.6 s of its
+                // reading.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
     if app_dies {
         client.kill9();
     } else {
         client.wait_exit(LONG);
     }
+    if end == SidecarEnd::Stopped {
+        let stopped = sidecar.wait_exit(Duration::from_secs(30));
+        assert!(
+            stopped.success(),
+            "the sidecar exits 0:\n{}",
+            sidecar.log_text()
+        );
+    }
+    let log = sidecar.log_text();
     let _sidecar = w.sidecar(&config);
-    let flags: Vec<&str> = window.map(|w| vec!["--window", w]).unwrap_or_default();
     let (second, status, summary) = admins_again_with(&w, &flags);
     assert!(status.success(), "{summary}");
     drop(server);
     let (first, second) = (lines(&first), lines(&second));
     let at = assert_resumed_within(&first, &second, &admin_ids(30000));
-    (w, first, second, at)
+    (w, first, second, at, log)
 }
 
 /// (On loopback with one stream the kernel still delivers the sidecar's send queue after the
@@ -243,7 +279,8 @@ fn sidecar_killed_while_a_slow_app_lags(
 /// with many streams on one connection, in the soak's seed 7: docs/reliability.md.)
 #[test]
 fn a_sidecar_killed_while_a_slow_app_lags_leaves_nothing_undelivered() {
-    let (_w, first, _, at) = sidecar_killed_while_a_slow_app_lags(false, None);
+    let (_w, first, _, at, _) =
+        slow_app_lags_when_the_sidecar_ends(SidecarEnd::Killed, false, None);
     eprintln!(
         "delivered again after the sidecar's death: {} users",
         first.len() - at
@@ -259,7 +296,8 @@ fn a_pod_killed_while_its_slow_app_lags_resumes_from_what_the_app_read() {
     // A 64 KiB window (tonic's default is 2 MiB, more than this stream holds by the kill):
     // the replay point is about that far behind, so the takeover neither skips nor starts
     // over.
-    let (w, first, _, at) = sidecar_killed_while_a_slow_app_lags(true, Some("65535"));
+    let (w, first, _, at, _) =
+        slow_app_lags_when_the_sidecar_ends(SidecarEnd::Killed, true, Some("65535"));
     let job = only_job(&w);
     let replayed: u64 = w
         .job_field(&job, "replayed")
@@ -274,6 +312,37 @@ fn a_pod_killed_while_its_slow_app_lags_resumes_from_what_the_app_read() {
         "the takeover moved back {replayed} messages; delivered again: {} users",
         first.len() - at
     );
+}
+
+/// The soak's finding 17 (seed 20261204, `p0-j0196`): a handoff took what the app's connection
+/// was handed as read, and the app, killed while it still read its window, lost the rest. The
+/// sidecar now gives the app `handoff_read_wait` to read it, sees the app die, and writes the
+/// job where the app surely was. Without that this loses the users between the two.
+#[test]
+fn a_slow_app_killed_during_a_handoff_gets_what_it_never_read() {
+    let (w, first, _, at, log) =
+        slow_app_lags_when_the_sidecar_ends(SidecarEnd::Stopped, true, Some("65535"));
+    assert!(log.contains("had not read what it was handed"), "{log}");
+    let job = only_job(&w);
+    assert_eq!(w.job_field(&job, "status").as_deref(), Some("completed"));
+    eprintln!(
+        "delivered again after the app's death: {} users",
+        first.len() - at
+    );
+}
+
+/// A slow app that lives reads its window within `handoff_read_wait`, so the handoff's offset
+/// is exactly what it recorded: nothing twice, nothing lost.
+#[test]
+fn a_slow_app_that_reads_on_during_a_handoff_gets_nothing_twice() {
+    let (_w, first, _, at, log) =
+        slow_app_lags_when_the_sidecar_ends(SidecarEnd::Stopped, false, Some("65535"));
+    assert_eq!(
+        at,
+        first.len(),
+        "the second run starts right after the first"
+    );
+    assert!(!log.contains("had not read what it was handed"), "{log}");
 }
 
 #[test]

@@ -82,6 +82,8 @@ pub struct StreamSettings {
     pub backoff: Duration,
     pub backoff_max: Duration,
     pub max_message_bytes: usize,
+    /// How long a stream interrupted by shutdown waits for the app to read what it was handed.
+    pub handoff_read_wait: Duration,
 }
 
 impl StreamSettings {
@@ -92,6 +94,7 @@ impl StreamSettings {
             backoff: config.reconnect_backoff,
             backoff_max: config.reconnect_backoff_max,
             max_message_bytes: config.max_message_bytes,
+            handoff_read_wait: config.handoff_read_wait,
         }
     }
 }
