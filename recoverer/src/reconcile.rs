@@ -147,8 +147,9 @@ impl Reconciler {
     /// their owners are), every owner gets `lease_grace` of Redis answering to renew before
     /// its lease is judged again. So does a recoverer's first pass: it has not seen how Redis
     /// was before it started (the soak restarted one while Redis was down, and its first pass
-    /// orphaned a live owner's every job). Without it one Redis restart orphaned live streams by the
-    /// dozen, and each takeover replayed what its app had (docs/reliability.md, finding 17).
+    /// orphaned a live owner's every job). Without it one Redis restart orphaned live streams
+    /// by the dozen, and each takeover replayed what its app had (docs/reliability.md,
+    /// finding 17).
     /// Pod signals are evidence of their own and are not held.
     async fn leases_on_hold(&self) -> Result<bool, StoreError> {
         let run_id = self.redis.run_id().await?;

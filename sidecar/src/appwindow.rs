@@ -277,13 +277,22 @@ impl AppWindow {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sent_on(&self, stream: u32, bytes: u64) {
+    /// DATA written in one write to the socket, by stream (taken out of `sent`): one lock and
+    /// one clock read per write, however many frames it carried.
+    fn sent_on(&self, sent: &mut Vec<(u32, u64)>) {
+        if sent.is_empty() {
+            return;
+        }
         // Samples a sixteenth of the window apart: a window's worth of history in 16.
         let spacing = (self.stream_window() / 16).max(1024);
-        self.lock_streams()
-            .entry(stream)
-            .or_insert_with(StreamFlow::new)
-            .sent(bytes, Instant::now(), spacing);
+        let now = Instant::now();
+        let mut streams = self.lock_streams();
+        for (stream, bytes) in sent.drain(..) {
+            streams
+                .entry(stream)
+                .or_insert_with(StreamFlow::new)
+                .sent(bytes, now, spacing);
+        }
     }
 
     /// A stream ended (END_STREAM from the sidecar, RST_STREAM either way): forgotten.
@@ -510,6 +519,8 @@ struct DataCounter {
     data: bool,
     /// Its stream, while that stream is open (its last DATA frame counts only in all).
     stream: Option<u32>,
+    /// DATA per stream in the write being fed, for [`AppWindow::sent_on`] (kept to reuse).
+    sent: Vec<(u32, u64)>,
 }
 
 impl DataCounter {
@@ -522,7 +533,10 @@ impl DataCounter {
                     counted += n as u64;
                 }
                 if let Some(stream) = self.stream {
-                    window.sent_on(stream, n as u64);
+                    match self.sent.last_mut() {
+                        Some((s, bytes)) if *s == stream => *bytes += n as u64,
+                        _ => self.sent.push((stream, n as u64)),
+                    }
                 }
                 self.payload_left -= n;
                 bytes = &bytes[n..];
@@ -539,10 +553,13 @@ impl DataCounter {
                 };
                 if ends {
                     self.stream = None;
+                    // What came before on the stream first, or it would outlive its end.
+                    window.sent_on(&mut self.sent);
                     window.ended(stream);
                 }
             }
         }
+        window.sent_on(&mut self.sent);
         counted
     }
 }
