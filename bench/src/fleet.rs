@@ -177,11 +177,20 @@ pub fn start_sidecar(
 }
 
 /// Pod A's app: `demo-client users --role admin`, recording every user it receives.
-pub fn start_app(dir: &Path, a: &Sidecar, record: &Path) -> anyhow::Result<Proc> {
+/// `window`: the HTTP/2 stream window the app announces (`None`: tonic's 2 MiB).
+pub fn start_app(
+    dir: &Path,
+    a: &Sidecar,
+    record: &Path,
+    window: Option<u32>,
+) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(sibling_bin("demo-client")?);
     cmd.arg("--target")
-        .arg(format!("http://127.0.0.1:{}", a.port))
-        .args(["users", "--role", "admin", "--record"])
+        .arg(format!("http://127.0.0.1:{}", a.port));
+    if let Some(window) = window {
+        cmd.arg("--window").arg(window.to_string());
+    }
+    cmd.args(["users", "--role", "admin", "--record"])
         .arg(record);
     Proc::spawn("demo-client", &mut cmd, dir.join("app-a.log"))
 }

@@ -439,7 +439,12 @@ fn a_sidecar_stopped_while_redis_stalls_leaves_its_job_resumable() {
     let mut a = w.sidecar(&config);
     let first = w.path().join("first.txt");
     let arg = first.to_string_lossy().to_string();
-    let mut client = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    // A 64 KiB window, which the app's library reports on every 32 KiB: the handoff sees it
+    // read what it was handed (tonic's 2 MiB reports nothing before about 700 KB, and a
+    // handoff then replays the call: README, "Rolling restarts").
+    let window = ["--window", "65535"];
+    let mut client =
+        w.client_proc(&[&["users", "--role", "admin", "--record", &arg][..], &window].concat());
     let key = redis.stall_after_progress(&w, &first);
     a.signal(15);
     client.wait_exit(LONG);
@@ -464,7 +469,8 @@ fn a_sidecar_stopped_while_redis_stalls_leaves_its_job_resumable() {
     let b = w.sidecar(&config);
     let second = w.path().join("second.txt");
     let arg = second.to_string_lossy().to_string();
-    let mut again = w.client_proc(&["users", "--role", "admin", "--record", &arg]);
+    let mut again =
+        w.client_proc(&[&["users", "--role", "admin", "--record", &arg][..], &window].concat());
     wait_until("the call waits for redis", LONG, || {
         b.log_text()
             .contains("the call waits for it before claiming its job in memory")

@@ -185,6 +185,46 @@ fn a_slow_app_killed_midway_gets_what_it_never_read_when_it_asks_again() {
     assert_eq!(w.job_field(&job, "status").as_deref(), Some("completed"));
 }
 
+/// The soak's finding 2 (seed 7, `p0-j0000`): the upstream ended a slow app's stream while
+/// the app still had a window of it to read, the job was `completed` at once, and the app,
+/// killed before it read the end, asked again and got the whole job afresh. The end (the
+/// upstream's status) now waits for the app to read what came before it: killed first, the
+/// app leaves its job resumable where it surely was, and its identical request gets only the
+/// rest of it.
+#[test]
+fn a_slow_app_killed_before_reading_the_end_of_its_stream_resumes_instead_of_starting_over() {
+    let w = World::new();
+    let _server = w.server(&["--users", "30000", "--delay-us", "20"]);
+    let _sidecar = w.sidecar(&w.config(true, ""));
+    let first = w.path().join("first.txt");
+    // A 64 KiB window holds about 700 admins: with 400 left to record, the sidecar has handed
+    // the app the last one and the upstream has ended the stream.
+    let flags = ["--slow-us", "2000", "--window", "65535"];
+    kill_client_midway_with(&w, &first, 10_000 - 400, &flags);
+    let job = only_job(&w);
+    wait_until("the job's final state", LONG, || {
+        matches!(
+            w.job_field(&job, "status").as_deref(),
+            Some("interrupted" | "completed")
+        )
+    });
+    assert_eq!(
+        w.job_field(&job, "status").as_deref(),
+        Some("interrupted"),
+        "an app killed before it read the end did not complete its job"
+    );
+    let (second, status, summary) = admins_again_with(&w, &flags[2..]);
+    assert!(status.success(), "{summary}");
+    let (first, second) = (lines(&first), lines(&second));
+    let at = assert_resumed_within(&first, &second, &admin_ids(30000));
+    assert!(at > 0, "the job ran afresh from the start");
+    assert_eq!(w.job_field(&job, "status").as_deref(), Some("completed"));
+    eprintln!(
+        "delivered again after the app's death: {} admins",
+        first.len() - at
+    );
+}
+
 /// How the sidecar goes while its slow app lags.
 #[derive(Clone, Copy, PartialEq)]
 enum SidecarEnd {
@@ -194,20 +234,56 @@ enum SidecarEnd {
     Stopped,
 }
 
-/// A slow app (2 ms a message) lags far behind what the sidecar handed its connection when the
-/// sidecar ends (`end`). `app_dies` SIGKILLs the app as well: at once after a SIGKILL (a pod
-/// killed), 300 ms after a SIGTERM (while the handoff waits for it to read its window); else it
-/// reads on until its call ends. Then a restarted sidecar takes the app's identical request: the
-/// app must get everything after what it recorded, none of the backlog skipped. Returns
-/// (recorded before, recorded after, where the second run began, the first sidecar's log).
-fn slow_app_lags_when_the_sidecar_ends(
+/// How a slow app lags when its sidecar ends.
+#[derive(Clone, Copy)]
+struct Lag {
     end: SidecarEnd,
-    app_dies: bool,
-    window: Option<&str>,
+    /// SIGKILL the app as well: at once after a SIGKILL (a pod killed), this long after a
+    /// SIGTERM; `None`: it reads on until its call ends.
+    app_dies: Option<Duration>,
+    /// The app's HTTP/2 stream window (`None`: tonic's 2 MiB).
+    window: Option<&'static str>,
+    /// The server's `--delay-us` per user (20: the stream outruns the app at once).
+    server_delay_us: u32,
+    /// The app's sleep per admin, and how many it has recorded when the sidecar ends.
+    slow_us: u32,
+    recorded: usize,
+}
+
+impl Lag {
+    /// A 2 ms-per-admin app behind an unpaced stream.
+    fn of(end: SidecarEnd, app_dies: Option<Duration>, window: Option<&'static str>) -> Self {
+        let recorded = if end == SidecarEnd::Killed {
+            3000
+        } else {
+            1000
+        };
+        Lag {
+            end,
+            app_dies,
+            window,
+            server_delay_us: 20,
+            slow_us: 2000,
+            recorded,
+        }
+    }
+}
+
+/// A slow app lags far behind what the sidecar handed its connection when the sidecar ends
+/// (`lag`). Then a restarted sidecar takes the app's identical request: the app must get
+/// everything after what it recorded, none of the backlog skipped. Returns (recorded before,
+/// recorded after, where the second run began, the first sidecar's log).
+fn slow_app_lags_when_the_sidecar_ends(
+    lag: Lag,
 ) -> (World, Vec<String>, Vec<String>, usize, String) {
     let w = World::new();
-    let server = w.server(&["--users", "30000", "--delay-us", "20"]);
-    let extra = if end == SidecarEnd::Stopped {
+    let server = w.server(&[
+        "--users",
+        "30000",
+        "--delay-us",
+        &lag.server_delay_us.to_string(),
+    ]);
+    let extra = if lag.end == SidecarEnd::Stopped {
         "drain_period: 0s\n"
     } else {
         ""
@@ -216,6 +292,7 @@ fn slow_app_lags_when_the_sidecar_ends(
     let mut sidecar = w.sidecar(&config);
     let first = w.path().join("first.txt");
     let arg = first.to_string_lossy().to_string();
+    let slow_us = lag.slow_us.to_string();
     let mut args = vec![
         "users",
         "--role",
@@ -223,16 +300,18 @@ fn slow_app_lags_when_the_sidecar_ends(
         "--record",
         &arg,
         "--slow-us",
-        "2000",
+        &slow_us,
     ];
-    let flags: Vec<&str> = window.map(|w| vec!["--window", w]).unwrap_or_default();
+    let flags: Vec<&str> = lag.window.map(|w| vec!["--window", w]).unwrap_or_default();
     args.extend(&flags);
     let mut client = w.client_proc(&args);
-    match end {
+    wait_until("slow client progress", LONG, || {
+        lines(&first).len() >= lag.recorded
+    });
+    match lag.end {
         SidecarEnd::Killed => {
             // Long enough for the backlog to outgrow the app's socket receive buffer (128 KiB
             // while it reads slowly): the rest waits in the sidecar's send queue.
-            wait_until("slow client progress", LONG, || lines(&first).len() >= 3000);
             let job = only_job(&w);
             wait_until("a checkpoint", LONG, || {
                 w.job_field(&job, "messages")
@@ -242,21 +321,18 @@ fn slow_app_lags_when_the_sidecar_ends(
             sidecar.kill9();
         }
         SidecarEnd::Stopped => {
-            wait_until("slow client progress", LONG, || lines(&first).len() >= 1000);
             sidecar.signal(15);
-            if app_dies {
-                // With a 64 KiB window the app holds about 1,300 users unread, 2.6 s of its
-                // reading.
-                std::thread::sleep(Duration::from_millis(300));
+            if let Some(after) = lag.app_dies {
+                std::thread::sleep(after);
             }
         }
     }
-    if app_dies {
+    if lag.app_dies.is_some() {
         client.kill9();
     } else {
         client.wait_exit(LONG);
     }
-    if end == SidecarEnd::Stopped {
+    if lag.end == SidecarEnd::Stopped {
         let stopped = sidecar.wait_exit(Duration::from_secs(30));
         assert!(
             stopped.success(),
@@ -280,7 +356,7 @@ fn slow_app_lags_when_the_sidecar_ends(
 #[test]
 fn a_sidecar_killed_while_a_slow_app_lags_leaves_nothing_undelivered() {
     let (_w, first, _, at, _) =
-        slow_app_lags_when_the_sidecar_ends(SidecarEnd::Killed, false, None);
+        slow_app_lags_when_the_sidecar_ends(Lag::of(SidecarEnd::Killed, None, None));
     eprintln!(
         "delivered again after the sidecar's death: {} users",
         first.len() - at
@@ -296,8 +372,11 @@ fn a_pod_killed_while_its_slow_app_lags_resumes_from_what_the_app_read() {
     // A 64 KiB window (tonic's default is 2 MiB, more than this stream holds by the kill):
     // the replay point is about that far behind, so the takeover neither skips nor starts
     // over.
-    let (w, first, _, at, _) =
-        slow_app_lags_when_the_sidecar_ends(SidecarEnd::Killed, true, Some("65535"));
+    let (w, first, _, at, _) = slow_app_lags_when_the_sidecar_ends(Lag::of(
+        SidecarEnd::Killed,
+        Some(Duration::ZERO),
+        Some("65535"),
+    ));
     let job = only_job(&w);
     let replayed: u64 = w
         .job_field(&job, "replayed")
@@ -320,8 +399,13 @@ fn a_pod_killed_while_its_slow_app_lags_resumes_from_what_the_app_read() {
 /// job where the app surely was. Without that this loses the users between the two.
 #[test]
 fn a_slow_app_killed_during_a_handoff_gets_what_it_never_read() {
-    let (w, first, _, at, log) =
-        slow_app_lags_when_the_sidecar_ends(SidecarEnd::Stopped, true, Some("65535"));
+    let (w, first, _, at, log) = slow_app_lags_when_the_sidecar_ends(Lag::of(
+        SidecarEnd::Stopped,
+        // With a 64 KiB window the app holds about 1,300 users unread, 2.6 s of its
+        // reading: killed while the handoff waits for it to read them.
+        Some(Duration::from_millis(300)),
+        Some("65535"),
+    ));
     assert!(log.contains("had not read what it was handed"), "{log}");
     let job = only_job(&w);
     assert_eq!(w.job_field(&job, "status").as_deref(), Some("completed"));
@@ -336,13 +420,36 @@ fn a_slow_app_killed_during_a_handoff_gets_what_it_never_read() {
 #[test]
 fn a_slow_app_that_reads_on_during_a_handoff_gets_nothing_twice() {
     let (_w, first, _, at, log) =
-        slow_app_lags_when_the_sidecar_ends(SidecarEnd::Stopped, false, Some("65535"));
+        slow_app_lags_when_the_sidecar_ends(Lag::of(SidecarEnd::Stopped, None, Some("65535")));
     assert_eq!(
         at,
         first.len(),
         "the second run starts right after the first"
     );
     assert!(!log.contains("had not read what it was handed"), "{log}");
+}
+
+/// The soak's finding 20 (seed 20261206, `p0-j0307`): a slow app on a stream shorter than its
+/// HTTP/2 library gives window back for (tonic's 2 MiB window is given back a third to a half
+/// at a time) never shows what it read. The handoff took it as read 500 ms after the last
+/// DATA, and the app, killed while it still read its backlog, lost it. A stream on which the
+/// app never gave window back is not taken as read: the job resumes where the app surely was.
+#[test]
+fn a_slow_app_that_never_gave_window_back_killed_after_a_handoff_gets_what_it_never_read() {
+    let (_w, first, _, at, log) = slow_app_lags_when_the_sidecar_ends(Lag {
+        // 333 admins a second to an app that reads 100: about 1,000 handed (100 KB, far
+        // below the 700 KB at which tonic gives window back) when it has recorded 300.
+        server_delay_us: 1000,
+        slow_us: 10_000,
+        recorded: 300,
+        // Killed 1.5 s after the SIGTERM, 5 s of reading before it could have read it all.
+        ..Lag::of(SidecarEnd::Stopped, Some(Duration::from_millis(1500)), None)
+    });
+    assert!(log.contains("had not read what it was handed"), "{log}");
+    eprintln!(
+        "delivered again after the app's death: {} users",
+        first.len() - at
+    );
 }
 
 #[test]

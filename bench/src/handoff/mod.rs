@@ -34,6 +34,11 @@ const USERS: usize = 30_000;
 const DELAY_US: u32 = 100;
 /// A's app has this many users when A gets SIGTERM: the stream is well under way.
 const SIGTERM_AFTER: usize = 1_000;
+/// The HTTP/2 stream window A's app announces: grpc-go's, grpc-js's and grpcio's 64 KiB, whose
+/// libraries give it back every 16 to 32 KiB read, so the handoff sees the app read what it
+/// was handed. With tonic's 2 MiB nothing is given back before about 700 KB, and a handoff of
+/// this 100 KB stream replays it (README, "Rolling restarts").
+const APP_WINDOW: u32 = 65_535;
 
 /// The sidecar's own `drain_period` default, for the output.
 const DEFAULT_DRAIN_PERIOD: &str = "1s";
@@ -56,12 +61,14 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         .unwrap_or_else(|| format!("{DEFAULT_DRAIN_PERIOD} (the sidecar's default)"));
     println!(
         "reprise-bench handoff: {} CPU(s), {}; demo-server --users {} --delay-us {}; SIGTERM to \
-         pod-a once its app has {} admins; drain_period {drain_period}; Redis and RabbitMQ on",
+         pod-a once its app has {} admins; app window {} B; drain_period {drain_period}; Redis \
+         and RabbitMQ on",
         crate::cpus(),
         crate::cpu_model(),
         USERS,
         DELAY_US,
         SIGTERM_AFTER,
+        APP_WINDOW,
     );
 
     // Timings on a shared 2-core machine mean little if something else was busy.
@@ -96,6 +103,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         "users": USERS,
         "delay_us": DELAY_US,
         "sigterm_after": SIGTERM_AFTER,
+        "app_window": APP_WINDOW,
         "drain_period": opts.drain_period.as_deref().unwrap_or(DEFAULT_DRAIN_PERIOD),
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "machine": { "cpus": crate::cpus(), "model": crate::cpu_model() },

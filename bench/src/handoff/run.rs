@@ -11,7 +11,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    DELAY_US, SIGTERM_AFTER, USERS,
+    APP_WINDOW, DELAY_US, SIGTERM_AFTER, USERS,
     check::{exactness, timeline},
 };
 use crate::{
@@ -135,7 +135,7 @@ fn deliver_in(s: &Settings, prefix: &str, dir: &Path, run: usize) -> anyhow::Res
     let mut b = s.start_sidecar(prefix, dir, POD_B, server_port, Some(sink_port))?;
     wait_taking_handoffs(&mut a, &mut b)?;
     let app_record = dir.join("app-a.txt");
-    let mut app = start_app(dir, &a, &app_record)?;
+    let mut app = start_app(dir, &a, &app_record, Some(APP_WINDOW))?;
     wait_app_under_way(&mut app, &mut a, &app_record, SIGTERM_AFTER)?;
 
     let signalled_wall = SystemTime::now();
@@ -217,7 +217,7 @@ fn on_request_in(
     let _server = start_server(dir, server_port, USERS, DELAY_US)?;
     let mut a = s.start_sidecar(prefix, dir, POD_A, server_port, None)?;
     let app_record = dir.join("app-a.txt");
-    let mut app = start_app(dir, &a, &app_record)?;
+    let mut app = start_app(dir, &a, &app_record, Some(APP_WINDOW))?;
     wait_app_under_way(&mut app, &mut a, &app_record, SIGTERM_AFTER)?;
     let mut con = connect(&s.fleet.redis_url)?;
     let job = job_key(&mut con, prefix)?;

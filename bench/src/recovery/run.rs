@@ -161,7 +161,7 @@ fn run_in(
     let phase_offset = plan.phase_offset(n);
     std::thread::sleep(phase_offset);
     let app_record = dir.join("app-a.txt");
-    let mut app = start_app(dir, &a, &app_record)?;
+    let mut app = start_app(dir, &a, &app_record, None)?;
     wait_app_under_way(&mut app, &mut a, &app_record, KILL_AFTER)?;
     let mut con = brokers::connect(&s.redis_url)?;
     let job = brokers::job_key(&mut con, prefix)?;

@@ -9,9 +9,11 @@ use http::HeaderMap;
 use reprise_jobs::{Finish, JobStatus, Write};
 use tokio::time::Instant;
 
-use super::{Outcome, Recipient, Task};
+use super::{
+    Outcome, Recipient, Task,
+    read::{self, EndRead, HandedRead},
+};
 use crate::{
-    appwindow::StreamFlow,
     config::AppCancel,
     events::JobEvent,
     grpc::{self, code},
@@ -28,70 +30,6 @@ const SINK_ACK_WAIT: Duration = Duration::from_secs(30);
 /// offered to the service's pods again: an app that restarts serves its sink again in about
 /// this time, and a sink that stays away costs one takeover per this interval.
 const SINK_RETRY_DELAY: Duration = Duration::from_secs(2);
-
-/// How often a shutdown looks again whether the app has read what it was handed.
-const HANDOFF_READ_POLL: Duration = Duration::from_millis(10);
-/// An app that keeps up with its stream reads each message as it comes: it is taken to have
-/// read the last one its lag after it was sent (the longest of its last few updates', times
-/// [`READ_RATE_MARGIN`]), at least [`MIN_READ`]; with no update yet, [`UNMEASURED_READ`].
-const MIN_READ: Duration = Duration::from_millis(20);
-const UNMEASURED_READ: Duration = Duration::from_millis(500);
-/// An app that was behind within this long reads at the pace of its window updates.
-const BEHIND_RECENTLY: Duration = Duration::from_secs(30);
-/// How much longer than its measured rate says an app that is behind is given for its last
-/// bytes.
-const READ_RATE_MARGIN: f64 = 1.5;
-
-/// What a shutdown's wait for the app to read what it was handed found.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum HandedRead {
-    /// As far as the app's window updates and read rate tell, it has read it all.
-    Read,
-    /// The app's connection closed first: what it held unread died with it.
-    AppDied,
-    /// `handoff_read_wait` ran out with `unacked` bytes not given back (`None`: hyper still
-    /// held some, or the call's stream could not be told from another's).
-    NotRead { unacked: Option<u64> },
-}
-
-impl HandedRead {
-    fn label(self) -> &'static str {
-        match self {
-            HandedRead::Read => "read",
-            HandedRead::AppDied => "app_died",
-            HandedRead::NotRead { .. } => "not_read",
-        }
-    }
-}
-
-/// Whether the app has read what the sidecar sent it on a stream, as far as its HTTP/2 library
-/// tells. Its library gives the window back as the app's code reads, in steps (a quarter of the
-/// window for grpc-go, half for h2 and nghttp2), so: all given back is read; more than half the
-/// window not given back is not. Within that, the app has read the rest once both of these say
-/// so: its lag (how long after a byte was written its updates reached it) counted from the last
-/// DATA; and, if it was behind recently (its updates came while it held most of its window
-/// unread), the pace of its last two updates counted from the last. Both with a margin.
-pub(super) fn read_by(f: &StreamFlow, window: u64, now: std::time::Instant) -> bool {
-    let unacked = f.unacked();
-    if unacked == 0 {
-        return true;
-    }
-    if unacked > window / 2 {
-        return false;
-    }
-    let margin = |d: Duration| d.mul_f64(READ_RATE_MARGIN).max(MIN_READ);
-    let kept_up = f
-        .last_sent
-        .map(|t| t + f.lag().map_or(UNMEASURED_READ, margin));
-    let behind = f
-        .last_backlogged()
-        .is_some_and(|t| now.saturating_duration_since(t) < BEHIND_RECENTLY);
-    let paced = f.read_rate().filter(|_| behind).map(|(rate, at)| {
-        at + Duration::try_from_secs_f64(READ_RATE_MARGIN * unacked as f64 / rate)
-            .unwrap_or(BEHIND_RECENTLY)
-    });
-    kept_up.max(paced).is_some_and(|t| now >= t)
-}
 
 /// What settles a call besides its outcome; gathered before [`settle`], which does no I/O.
 pub(super) struct Facts<'a> {
@@ -218,10 +156,22 @@ fn app_choice(on_app_cancel: AppCancel, why: &str) -> (JobStatus, String) {
 
 impl Task {
     /// Ends the app's call with the right status and writes the job's final state.
-    pub(super) async fn finish(mut self, outcome: Outcome) {
+    pub(super) async fn finish(mut self, mut outcome: Outcome) {
         // The upstream is done with, whatever ended the call (a deadline stops the attempt
         // where it was).
         self.pipe.stop();
+        // A stream the upstream completed ends for the app once the app has read it: a job
+        // `completed` with its tail unread would run afresh from the start when the app,
+        // killed before reading it, asks again.
+        if let (Outcome::Completed(_), Some(_), Some(app), None) =
+            (&outcome, &self.slot, &self.app_connection, self.ack())
+        {
+            match read::end_read(&self.pipe, app, &self.app_gone, &self.ctx.interrupt).await {
+                EndRead::Read => {}
+                EndRead::AppGone => outcome = Outcome::AppGone,
+                EndRead::Shutdown => outcome = Outcome::Shutdown,
+            }
+        }
         let deadline_passed = self.deadline_passed();
         let connection_lost = matches!(outcome, Outcome::AppGone)
             && !deadline_passed
@@ -233,7 +183,8 @@ impl Task {
             (Outcome::Shutdown, Some(_), Some(app))
                 if self.ack().is_none() && !self.ctx.settings.handoff_read_wait.is_zero() =>
             {
-                let read = self.wait_app_read(app).await;
+                let read =
+                    read::handed_read(&self.pipe, app, self.ctx.settings.handoff_read_wait).await;
                 self.ctx
                     .metrics
                     .handoff_reads
@@ -423,40 +374,6 @@ impl Task {
         }
     }
 
-    /// Waits, up to `handoff_read_wait`, until the app has read what this call's body handed
-    /// its connection ([`read_by`], on the stream whose DATA is exactly what the body yielded),
-    /// or its connection closes.
-    async fn wait_app_read(&self, app: &crate::listen::AppConnection) -> HandedRead {
-        let until = Instant::now() + self.ctx.settings.handoff_read_wait;
-        let window = app.window.stream_window();
-        loop {
-            let mut unacked = None;
-            match self.pipe.yielded_all() {
-                Some(0) => return HandedRead::Read,
-                Some(yielded) => {
-                    let flows = app.window.streams_with_sent(yielded);
-                    let now = std::time::Instant::now();
-                    if !flows.is_empty() && flows.iter().all(|f| read_by(f, window, now)) {
-                        return HandedRead::Read;
-                    }
-                    // Several calls that yielded as much: the least any may have read.
-                    unacked = flows.iter().map(StreamFlow::unacked).max();
-                }
-                None => {}
-            }
-            if app.closed.is_cancelled() {
-                return HandedRead::AppDied;
-            }
-            if Instant::now() >= until {
-                return HandedRead::NotRead { unacked };
-            }
-            tokio::select! {
-                _ = app.closed.cancelled() => {}
-                _ = tokio::time::sleep(HANDOFF_READ_POLL) => {}
-            }
-        }
-    }
-
     /// Whether the call's deadline has passed (within a clock tick of it).
     fn deadline_passed(&self) -> bool {
         self.deadline
@@ -488,42 +405,6 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn handed_data_is_read_once_the_window_is_given_back_or_the_apps_lag_and_pace_say_so() {
-        let t0 = std::time::Instant::now();
-        let ms = |n: u64| t0 + Duration::from_millis(n);
-        let w = 65_535u32;
-        let flow = |sent, last_sent, credits: &[(std::time::Instant, u32)]| {
-            StreamFlow::sent_and_credited(sent, last_sent, w, credits)
-        };
-        // All given back: read, at once.
-        assert!(read_by(&flow(50_000, t0, &[(t0, 50_000)]), 65_535, t0));
-        // More than half the window not given back: not read, however long.
-        let f = flow(60_000, t0, &[(t0, 10_000)]);
-        assert!(!read_by(&f, 65_535, ms(60_000)));
-        // Behind (60,000 unread at its first update), then 10,000 more read in 100 ms:
-        // 100,000 B/s, so the 30,000 left take 0.3 s, 0.45 s with the margin.
-        let f = flow(60_000, t0, &[(t0, 20_000), (ms(100), 10_000)]);
-        assert_eq!(f.unacked(), 30_000);
-        assert!(!read_by(&f, 65_535, ms(100 + 440)));
-        assert!(read_by(&f, 65_535, ms(100 + 451)));
-        // 5,000 B/s: 6 s for the 30,000 left, 9 s with the margin.
-        let slow = flow(60_000, t0, &[(t0, 20_000), (ms(2_000), 10_000)]);
-        assert!(!read_by(&slow, 65_535, ms(2_000 + 8_900)));
-        assert!(read_by(&slow, 65_535, ms(2_000 + 9_001)));
-        // Kept up, its updates 40 ms after the data: 60 ms after the last DATA, however
-        // slowly its updates came.
-        let f = flow(30_000, ms(50), &[(ms(90), 16_384)]);
-        assert!(!read_by(&f, 65_535, ms(100)));
-        assert!(read_by(&f, 65_535, ms(110)));
-        // No update yet: half a second after the last DATA.
-        let f = flow(20_000, ms(50), &[]);
-        assert!(!read_by(&f, 65_535, ms(540)));
-        assert!(read_by(&f, 65_535, ms(550)));
-        let trickle = flow(40_000, ms(90_000), &[(t0, 16_384), (ms(60_000), 16_384)]);
-        assert!(read_by(&trickle, 65_535, ms(90_500)));
-    }
 
     fn facts(on_app_cancel: AppCancel) -> Facts<'static> {
         Facts {

@@ -13,6 +13,7 @@ mod attempt;
 mod call;
 mod claim;
 mod finish;
+mod read;
 
 pub use self::ack::AckState;
 pub(crate) use self::call::Call;

@@ -429,10 +429,26 @@ impl World {
 
     /// Starts `demo-client users --role admin` through the world's sidecar, recording to
     /// `file` in the scratch directory, and returns once `at_least` admins are recorded.
+    /// The client announces a 64 KiB HTTP/2 stream window, as grpc-go, grpc-js and grpcio do:
+    /// its library then reports its reading every 32 KiB, which is what lets a SIGTERM
+    /// handoff see that it read what it was handed (tonic's 2 MiB window reports nothing
+    /// before about 700 KB: `handoff::a_sigterm_before_the_app_ever_gave_window_back_replays_its_call`).
     pub fn admins_streaming(&self, file: &str, at_least: usize) -> (Proc, PathBuf) {
+        self.admins_streaming_with(file, at_least, &["--window", "65535"])
+    }
+
+    /// The same with other client flags (none: tonic's own windows).
+    pub fn admins_streaming_with(
+        &self,
+        file: &str,
+        at_least: usize,
+        flags: &[&str],
+    ) -> (Proc, PathBuf) {
         let record = self.path().join(file);
         let arg = record.to_string_lossy().to_string();
-        let app = self.client_proc(&["users", "--role", "admin", "--record", &arg]);
+        let mut args = vec!["users", "--role", "admin", "--record", &arg];
+        args.extend_from_slice(flags);
+        let app = self.client_proc(&args);
         wait_until(
             &format!("{at_least} admins recorded in {file}"),
             Duration::from_secs(120),
