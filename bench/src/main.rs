@@ -81,6 +81,11 @@ struct Args {
     /// handoff: `drain_period` of both sidecars, e.g. `0s` [default: the sidecar's, 1s].
     #[arg(long, value_name = "DURATION")]
     drain_period: Option<String>,
+    /// handoff: the HTTP/2 stream window A's app announces. The default is grpc-go's,
+    /// grpc-js's and grpcio's, which their libraries give back every 16 to 32 KiB read;
+    /// tonic's own is 2097152, of which h2 gives nothing back before about 700 KB.
+    #[arg(long, value_name = "BYTES", default_value_t = 65_535)]
+    app_window: u32,
     /// A top-level line added to the sidecar's config of `single` and `many`, e.g.
     /// `--sidecar-config 'worker_threads: 2'`; repeatable.
     #[arg(long, value_name = "YAML_LINE")]
@@ -158,6 +163,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             runs: args.runs,
             on_request_runs: args.on_request_runs,
             drain_period: args.drain_period.clone(),
+            app_window: args.app_window,
             keep_logs: args.keep_logs,
         });
     }

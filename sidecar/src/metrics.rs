@@ -1,7 +1,7 @@
 //! What the sidecar counts and how ready it is: the Prometheus registry with every metric, by
 //! labels, and the readiness inputs that `/readyz` reports. Served by [`crate::admin`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -65,6 +65,8 @@ pub struct Metrics {
     pub store_restores: Counter,
     pub store_adoptions: Counter,
     pub handoff_reads: Family<OutcomeLabels, Counter>,
+    pub end_reads: Family<OutcomeLabels, Counter>,
+    pub end_read_wait_seconds: Counter<f64, AtomicU64>,
     pub store_errors: Family<OpLabels, Counter>,
     pub store_degraded: Gauge,
     pub store_pending_final_states: Gauge,
@@ -91,6 +93,8 @@ impl Default for Metrics {
             store_restores: Counter::default(),
             store_adoptions: Counter::default(),
             handoff_reads: Family::default(),
+            end_reads: Family::default(),
+            end_read_wait_seconds: Counter::default(),
             store_errors: Family::default(),
             store_degraded: Gauge::default(),
             store_pending_final_states: Gauge::default(),
@@ -151,6 +155,16 @@ impl Default for Metrics {
             "handoff_reads",
             "Streams interrupted by shutdown, by what the wait for the app to read what it was handed found (read: offset as handed; app_died: its connection closed, rewound a window; not_read: handoff_read_wait ran out, rewound to what the app gave window back for)",
             m.handoff_reads.clone(),
+        );
+        registry.register(
+            "stream_end_reads",
+            "Streams the upstream completed, by what the wait for the app to read up to the end found before it was handed the end (at_once: read already, or nothing to wait on; read: after a wait; app_gone: its call or connection went first, the job left resumable; shutdown: a SIGTERM came first and handed it off)",
+            m.end_reads.clone(),
+        );
+        registry.register(
+            "stream_end_read_wait_seconds",
+            "Seconds completed streams waited in all for their app to read up to the end",
+            m.end_read_wait_seconds.clone(),
         );
         registry.register(
             "store_adoptions",

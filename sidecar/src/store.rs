@@ -29,6 +29,8 @@ pub enum Backend {
 
 /// How many job ids [`Store`] remembers as left in Redis.
 const KNOWN_IN_REDIS: usize = 4096;
+/// How often a sidecar that finds Redis gone looks whether it is back.
+const OUTAGE_PROBE: Duration = Duration::from_millis(250);
 
 /// How long after Redis took a write it is on disk with `appendfsync everysec`: Redis fsyncs
 /// every second and, while an fsync lags, holds writes back for up to two more; with margin.
@@ -97,6 +99,9 @@ pub struct Store {
     unconfirmed: Mutex<std::collections::VecDeque<Unconfirmed>>,
     run_id: Mutex<Option<String>>,
     degraded: AtomicBool,
+    /// Wakes [`Store::watch_redis`] when an operation finds Redis gone, so it probes at its
+    /// outage pace from then on and not after the rest of a healthy pause.
+    outage: tokio::sync::Notify,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
 }
@@ -120,6 +125,7 @@ impl Store {
             unconfirmed: Mutex::default(),
             run_id: Mutex::default(),
             degraded: AtomicBool::new(false),
+            outage: tokio::sync::Notify::new(),
             health,
             metrics,
         };
@@ -184,6 +190,7 @@ impl Store {
             tracing::error!(error = %e, op, "job store: redis unreachable; keeping offsets in memory until it is back");
             self.metrics.store_degraded.set(1);
             self.health.store_ok.store(false, Ordering::Relaxed);
+            self.outage.notify_one();
         }
     }
 
@@ -251,10 +258,14 @@ impl Store {
         }
     }
 
-    /// Claims in Redis, or in memory while Redis is down. A final state of the same job that
-    /// Redis has not taken yet is written first; while Redis is down it is put in memory, so
-    /// the claim there resumes the job rather than starting it afresh.
-    pub async fn claim(&self, job: &NewJob) -> (Backend, Claim) {
+    /// Claims in Redis: `None` if Redis is configured and did not take the claim (it is down,
+    /// or failed now), for the caller to wait for it or go on in memory
+    /// ([`Store::claim_in_memory`]); without Redis, in memory. A final state of the same job
+    /// that Redis has not taken yet is written first, and kept again if Redis fails.
+    pub async fn claim(&self, job: &NewJob) -> Option<(Backend, Claim)> {
+        if self.redis_config.is_none() {
+            return Some(self.claim_in_memory(job).await);
+        }
         let pending = self.take_pending(&job.job_id);
         let known = pending.is_some()
             || self
@@ -266,22 +277,34 @@ impl Store {
         if let Some(redis) = self.redis.get()
             && (known || !self.degraded.load(Ordering::Relaxed))
         {
+            // A failed write keeps the state again.
             let written = match &pending {
                 Some((f, claimed)) => self.finish(Backend::Redis, f, claimed.as_ref()).await,
                 None => Some(Write::Ok),
             };
             if written.is_some() {
                 match redis.claim(job).await {
-                    Ok(c) => return (Backend::Redis, c),
+                    Ok(c) => return Some((Backend::Redis, c)),
                     Err(e) => self.failed("claim", &e),
                 }
             }
         } else if let Some((f, claimed)) = &pending {
             self.keep_pending(f, claimed.as_ref());
         }
-        if let Some((f, _)) = pending {
-            // Redis is down: the in-process store learns where the job stands from the final
-            // state Redis has not taken (still kept for Redis).
+        None
+    }
+
+    /// Claims in the in-process store, Redis being down. A final state of the same job kept
+    /// for Redis tells it where the job stands (it stays kept for Redis), so the claim there
+    /// resumes the job rather than starting it afresh.
+    pub async fn claim_in_memory(&self, job: &NewJob) -> (Backend, Claim) {
+        let kept = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&job.job_id)
+            .map(|(f, _)| f.clone());
+        if let Some(f) = kept {
             let restore = Restore {
                 job: job.clone(),
                 fence: f.fence,
@@ -323,6 +346,32 @@ impl Store {
         }
     }
 
+    /// A call's final state ([`Store::finish`]), except that while Redis counts as down it is
+    /// kept at once and written once Redis answers: the app's status waits for this write,
+    /// and a write to a Redis that is gone waits for the client's reconnection attempts
+    /// instead (the soak's finding 22: an app killed while it waited for the end of a stream
+    /// it had read asked again, and got the whole job afresh).
+    pub async fn finish_call(
+        &self,
+        backend: Backend,
+        f: &Finish,
+        job: Option<&NewJob>,
+    ) -> Option<Write> {
+        if backend == Backend::Redis && self.degraded.load(Ordering::Relaxed) {
+            self.remember_in_redis(&f.job_id);
+            self.keep_pending(f, job);
+            return None;
+        }
+        self.finish(backend, f, job).await
+    }
+
+    fn remember_in_redis(&self, job_id: &str) {
+        self.in_redis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job_id);
+    }
+
     /// Takes the job out of `running`. If the store had forgotten it, `job` (as claimed) is
     /// written back first, so the final state is recorded all the same.
     pub async fn finish(
@@ -332,10 +381,7 @@ impl Store {
         job: Option<&NewJob>,
     ) -> Option<Write> {
         if backend == Backend::Redis {
-            self.in_redis
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(&f.job_id);
+            self.remember_in_redis(&f.job_id);
         }
         let written = match self.get(backend).finish(f).await {
             Ok(w) => w,
@@ -529,9 +575,13 @@ impl Store {
         Some(written)
     }
 
-    /// Probes Redis every second while degraded or while final states wait to be on disk (see
-    /// [`Unconfirmed`]), every ten otherwise; flips readiness, and writes final states again
-    /// when the server's `run_id` has changed.
+    /// Probes Redis every [`OUTAGE_PROBE`] while degraded (from the moment an operation finds
+    /// it gone), every second while final states wait to be on disk (see [`Unconfirmed`]),
+    /// every ten otherwise; flips readiness, and writes final states again when the server's
+    /// `run_id` has changed. Calls that wait for Redis (`redis_back_within`) and the final
+    /// states kept for it go on as soon as a probe finds it back (the soak's finding 21: a
+    /// probe still on its healthy pause saw a restarted Redis 10 s late, and calls that had
+    /// waited their `lease_ttl` for it started their jobs afresh in memory).
     pub async fn watch_redis(self: Arc<Self>, shutdown: CancellationToken) {
         if self.redis_config.is_none() {
             return;
@@ -542,7 +592,9 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_empty();
-            let pause = if self.degraded.load(Ordering::Relaxed) || unconfirmed {
+            let pause = if self.degraded.load(Ordering::Relaxed) {
+                OUTAGE_PROBE
+            } else if unconfirmed {
                 Duration::from_secs(1)
             } else {
                 Duration::from_secs(10)
@@ -550,6 +602,7 @@ impl Store {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
+                _ = self.outage.notified() => {}
             }
             let Some(redis) = self.redis.get() else {
                 if self.connect().await {

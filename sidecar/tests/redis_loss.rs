@@ -487,6 +487,121 @@ fn a_sidecar_stopped_while_redis_stalls_leaves_its_job_resumable() {
     assert_eq!(redis.hget(&key, "status").as_deref(), Some("completed"));
 }
 
+/// Finding 21 of docs/reliability.md (the 1,000-fault run of 2026-12-07, seed 20261207,
+/// `p0-j0208` and `p2-j0518`): Redis was SIGKILLed and back within 2 s, and the app's
+/// identical request, which reached its sidecar meanwhile, started its job afresh in memory:
+/// the app got everything again. Two holes did it. A call whose own claim found Redis gone
+/// went to memory at once. And a sidecar that had found Redis healthy probed it every 10 s,
+/// so the first operation to fail did not make it look again sooner: a call that waited its
+/// `lease_ttl` for Redis saw it back only if that probe happened to come in time. Now a call
+/// waits for Redis however it finds it gone, and the first failure puts the probe on its
+/// outage pace at once.
+///
+/// The app is killed, its job waits `interrupted` in Redis, Redis dies and comes back from its
+/// snapshot while the app's identical request waits for it: the request must resume the job.
+/// `new_sidecar`: the pod restarts in between, so the sidecar knows nothing of the job and
+/// calls within the 10 s of its first healthy pause (the probe's hole); else the sidecar that
+/// left the job in Redis takes the call (the claim's hole).
+fn a_call_that_waits_for_a_restarted_redis_resumes_its_job(new_sidecar: bool) {
+    const USERS: usize = 30_000;
+    let w = World::new();
+    let port = free_port();
+    let dir = w.path().join("redis-data");
+    std::fs::create_dir_all(&dir).expect("redis dir");
+    let mut redis = PrivateRedis::start_from_snapshot(&w, port, &dir);
+    let users = USERS.to_string();
+    let _server = w.server(&["--users", users.as_str(), "--delay-us", "100"]);
+    let config = w.config(false, &format!("redis_url: {}\n", redis.url()));
+    let mut sidecar = w.sidecar(&config);
+    // A 64 KiB window: an app death rewinds its job about 1,300 admins, not to the start.
+    let record = |file: &str| {
+        let path = w.path().join(file);
+        let arg = path.to_string_lossy().to_string();
+        let args = [
+            "users", "--role", "admin", "--record", &arg, "--window", "65535",
+        ];
+        (path, w.client_proc(&args))
+    };
+    let (first, mut client) = record("first.txt");
+    wait_until("the app's progress", LONG, || lines(&first).len() >= 3000);
+    client.kill9();
+    let key = redis.job_key(&w.prefix).expect("the job is in redis");
+    wait_until("the job interrupted in redis", LONG, || {
+        redis.hget(&key, "status").as_deref() == Some("interrupted")
+    });
+    let _: () = redis::cmd("SAVE").query(&mut redis.conn()).expect("SAVE");
+    if new_sidecar {
+        sidecar.kill9();
+        sidecar = w.sidecar(&config);
+    }
+    redis.kill9();
+    let (second, mut again) = record("second.txt");
+    wait_until("the call waits for redis", LONG, || {
+        sidecar
+            .log_text()
+            .contains("the call waits for it before claiming its job in memory")
+    });
+    let redis = PrivateRedis::start_from_snapshot(&w, port, &dir);
+    assert!(again.wait_exit(LONG).success(), "{}", again.log_text());
+    let (first, second) = (lines(&first), lines(&second));
+    let at = crate::restart::assert_resumed_within(&first, &second, &admin_ids(USERS));
+    assert!(
+        at > 0,
+        "the identical request started from scratch (the app had recorded {}):\n{}",
+        first.len(),
+        sidecar.log_text()
+    );
+    assert_eq!(redis.hget(&key, "status").as_deref(), Some("completed"));
+}
+
+#[test]
+fn a_call_whose_claim_finds_redis_gone_waits_for_it_and_resumes_its_job() {
+    a_call_that_waits_for_a_restarted_redis_resumes_its_job(false);
+}
+
+#[test]
+fn a_restarted_sidecar_sees_redis_back_in_time_for_a_call_that_waits_for_it() {
+    a_call_that_waits_for_a_restarted_redis_resumes_its_job(true);
+}
+
+/// Finding 22 of docs/reliability.md (the 1,000-fault run of 2026-12-07, `p1-j0345`): a
+/// stream completed while Redis was down, and its final state's write waited on the Redis
+/// client's reconnection attempts; the app, which had read every message, waited for its
+/// status as long, was killed meanwhile, asked again, and got the whole job afresh. While the
+/// sidecar counts Redis as down, a call's final state is now kept at once (and written once
+/// Redis answers): no Redis attempt holds the app's status.
+#[test]
+fn a_stream_that_completes_while_redis_is_down_ends_without_waiting_for_redis() {
+    let w = World::new();
+    let port = free_port();
+    let dir = w.path().join("redis-data");
+    std::fs::create_dir_all(&dir).expect("redis dir");
+    let mut redis = PrivateRedis::start_from_snapshot(&w, port, &dir);
+    let (_server, _sidecar, mut client, record) = start_stream(&w, &redis);
+    wait_recorded(&mut client, &record, 3000);
+    let key = redis.job_key(&w.prefix).expect("job key");
+    let _: () = redis::cmd("SAVE").query(&mut redis.conn()).expect("SAVE");
+    redis.kill9();
+    wait_until("the sidecar counts redis down", LONG, || {
+        w.metric("reprise_store_degraded", &[]) == 1.0
+    });
+    let status = client.wait_exit(LONG);
+    assert!(status.success(), "{}", client.summary());
+    assert_eq!(lines(&record).len() as u64, N, "{}", client.summary());
+    assert_eq!(
+        w.metric("reprise_store_errors_total", &["op=\"finish\""]),
+        0.0,
+        "the final state waited on a redis that was down:\n{}",
+        w.metrics()
+    );
+    assert_eq!(w.metric("reprise_store_pending_final_states", &[]), 1.0);
+    let redis = PrivateRedis::start_from_snapshot(&w, port, &dir);
+    wait_until("the kept final state written", LONG, || {
+        redis.hget(&key, "status").as_deref() == Some("completed")
+    });
+    assert_eq!(redis.hget(&key, "messages"), Some(N.to_string()));
+}
+
 /// Finding 18 of docs/reliability.md (the CI soak of 2026-12-04, seed 7: one `on_request` job
 /// ended `orphaned` though its app had its whole stream): Redis took a job's `completed` and
 /// was SIGKILLed before it had that on disk (`appendfsync everysec` loses up to a second).

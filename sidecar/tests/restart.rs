@@ -213,6 +213,12 @@ fn a_slow_app_killed_before_reading_the_end_of_its_stream_resumes_instead_of_sta
         Some("interrupted"),
         "an app killed before it read the end did not complete its job"
     );
+    assert_eq!(
+        w.metric("reprise_stream_end_reads_total", &["outcome=\"app_gone\""]),
+        1.0,
+        "the upstream had ended the stream, and its end waited for the app: {}",
+        w.metrics()
+    );
     let (second, status, summary) = admins_again_with(&w, &flags[2..]);
     assert!(status.success(), "{summary}");
     let (first, second) = (lines(&first), lines(&second));

@@ -25,6 +25,11 @@ pub struct Options {
     pub on_request_runs: usize,
     /// `drain_period` for both sidecars; `None` keeps the sidecar's default.
     pub drain_period: Option<String>,
+    /// The HTTP/2 stream window A's app announces. At 64 KiB its library gives it back every
+    /// 16 to 32 KiB read, so the handoff sees the app read what it was handed; at tonic's
+    /// 2 MiB nothing is given back before about 700 KB, and a handoff of this 100 KB stream
+    /// replays it (README, "Rolling restarts").
+    pub app_window: u32,
     pub keep_logs: bool,
 }
 
@@ -34,11 +39,6 @@ const USERS: usize = 30_000;
 const DELAY_US: u32 = 100;
 /// A's app has this many users when A gets SIGTERM: the stream is well under way.
 const SIGTERM_AFTER: usize = 1_000;
-/// The HTTP/2 stream window A's app announces: grpc-go's, grpc-js's and grpcio's 64 KiB, whose
-/// libraries give it back every 16 to 32 KiB read, so the handoff sees the app read what it
-/// was handed. With tonic's 2 MiB nothing is given back before about 700 KB, and a handoff of
-/// this 100 KB stream replays it (README, "Rolling restarts").
-const APP_WINDOW: u32 = 65_535;
 
 /// The sidecar's own `drain_period` default, for the output.
 const DEFAULT_DRAIN_PERIOD: &str = "1s";
@@ -54,6 +54,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     let settings = run::Settings {
         fleet: Shared::new(dir.path(), &rt, USERS)?,
         drain_period: opts.drain_period.clone(),
+        app_window: opts.app_window,
     };
     let drain_period = opts
         .drain_period
@@ -68,7 +69,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         USERS,
         DELAY_US,
         SIGTERM_AFTER,
-        APP_WINDOW,
+        opts.app_window,
     );
 
     // Timings on a shared 2-core machine mean little if something else was busy.
@@ -103,7 +104,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         "users": USERS,
         "delay_us": DELAY_US,
         "sigterm_after": SIGTERM_AFTER,
-        "app_window": APP_WINDOW,
+        "app_window": opts.app_window,
         "drain_period": opts.drain_period.as_deref().unwrap_or(DEFAULT_DRAIN_PERIOD),
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "machine": { "cpus": crate::cpus(), "model": crate::cpu_model() },

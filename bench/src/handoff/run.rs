@@ -11,7 +11,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    APP_WINDOW, DELAY_US, SIGTERM_AFTER, USERS,
+    DELAY_US, SIGTERM_AFTER, USERS,
     check::{exactness, timeline},
 };
 use crate::{
@@ -70,6 +70,8 @@ pub struct OnRequestRun {
 pub struct Settings {
     pub fleet: Shared,
     pub drain_period: Option<String>,
+    /// The HTTP/2 stream window A's app announces.
+    pub app_window: u32,
 }
 
 impl Settings {
@@ -135,7 +137,7 @@ fn deliver_in(s: &Settings, prefix: &str, dir: &Path, run: usize) -> anyhow::Res
     let mut b = s.start_sidecar(prefix, dir, POD_B, server_port, Some(sink_port))?;
     wait_taking_handoffs(&mut a, &mut b)?;
     let app_record = dir.join("app-a.txt");
-    let mut app = start_app(dir, &a, &app_record, Some(APP_WINDOW))?;
+    let mut app = start_app(dir, &a, &app_record, Some(s.app_window))?;
     wait_app_under_way(&mut app, &mut a, &app_record, SIGTERM_AFTER)?;
 
     let signalled_wall = SystemTime::now();
@@ -217,7 +219,7 @@ fn on_request_in(
     let _server = start_server(dir, server_port, USERS, DELAY_US)?;
     let mut a = s.start_sidecar(prefix, dir, POD_A, server_port, None)?;
     let app_record = dir.join("app-a.txt");
-    let mut app = start_app(dir, &a, &app_record, Some(APP_WINDOW))?;
+    let mut app = start_app(dir, &a, &app_record, Some(s.app_window))?;
     wait_app_under_way(&mut app, &mut a, &app_record, SIGTERM_AFTER)?;
     let mut con = connect(&s.fleet.redis_url)?;
     let job = job_key(&mut con, prefix)?;

@@ -70,7 +70,13 @@ pub struct Rabbit {
     dir: PathBuf,
     node: String,
     pub proc: Option<Proc>,
+    /// SIGTERMed and not yet exited, and when to SIGKILL it.
+    stopping: Option<(Proc, Instant)>,
 }
+
+/// How long RabbitMQ may take to start listening, and to stop.
+pub const RABBIT_START_WAIT: Duration = Duration::from_secs(90);
+const RABBIT_STOP_WAIT: Duration = Duration::from_secs(60);
 
 /// Debian's package puts the server's own script here; /usr/sbin/rabbitmq-server would run it
 /// as the rabbitmq user with the machine's configuration.
@@ -93,6 +99,7 @@ impl Rabbit {
             dir,
             node: format!("{tag}@localhost"),
             proc: None,
+            stopping: None,
         };
         r.up()?;
         Ok(r)
@@ -103,6 +110,15 @@ impl Rabbit {
     }
 
     pub fn up(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        if let Some(p) = &mut self.proc {
+            p.wait_port(self.port, RABBIT_START_WAIT)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the node without waiting for it to listen.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
         let bin = if Path::new(RABBIT_SERVER).exists() {
             PathBuf::from(RABBIT_SERVER)
         } else {
@@ -123,22 +139,67 @@ impl Rabbit {
             .env("RABBITMQ_PID_FILE", d.join("pid"))
             .env("ERL_EPMD_ADDRESS", "127.0.0.1");
         let log = d.join(format!("rabbitmq-{}.log", unique()));
-        let mut proc = Proc::spawn("rabbitmq-server", &mut cmd, log)?;
-        proc.wait_port(self.port, Duration::from_secs(90))?;
-        self.proc = Some(proc);
+        self.proc = Some(Proc::spawn("rabbitmq-server", &mut cmd, log)?);
         Ok(())
     }
 
-    /// A graceful restart: SIGTERM (the node stops its apps, closing every connection), wait
-    /// for the exit, start again.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop()?;
-        self.up()
+    /// A graceful restart begins: SIGTERM (the node stops its apps, closing every
+    /// connection). [`Rabbit::stopped`], [`Rabbit::spawn`] and [`Rabbit::listening`] go on
+    /// from there without blocking the soak's fault loop.
+    pub fn begin_stop(&mut self) -> anyhow::Result<()> {
+        if let Some(p) = self.proc.take() {
+            p.terminate()?;
+            self.stopping = Some((p, Instant::now() + RABBIT_STOP_WAIT));
+        }
+        Ok(())
+    }
+
+    /// Whether the node SIGTERMed by [`Rabbit::begin_stop`] has exited and its port closed
+    /// (SIGKILLed once its time is up).
+    pub fn stopped(&mut self) -> anyhow::Result<bool> {
+        if let Some((p, kill_at)) = &mut self.stopping {
+            if p.exited()?.is_none() {
+                if Instant::now() > *kill_at {
+                    p.sigkill()?;
+                }
+                return Ok(false);
+            }
+            self.stopping = None;
+        }
+        Ok(wait_tcp(
+            &format!("127.0.0.1:{}", self.port),
+            Duration::from_millis(1),
+        )
+        .is_err())
+    }
+
+    /// Whether the node [`Rabbit::spawn`]ed listens; an error if it has exited or `deadline`
+    /// has passed.
+    pub fn listening(&mut self, deadline: Instant) -> anyhow::Result<bool> {
+        let Some(p) = &mut self.proc else {
+            bail!("rabbitmq was not started");
+        };
+        p.check_alive()?;
+        if wait_tcp(
+            &format!("127.0.0.1:{}", self.port),
+            Duration::from_millis(50),
+        )
+        .is_ok()
+        {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            bail!("rabbitmq did not listen on {} in time", self.port);
+        }
+        Ok(false)
     }
 
     /// SIGTERM, and the wait for the node to exit. A SIGKILL would stop only the server's
     /// script and leave its Erlang VM running, holding the port and the Mnesia directory.
     fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some((p, _)) = self.stopping.take() {
+            self.proc.get_or_insert(p);
+        }
         if let Some(mut p) = self.proc.take() {
             p.terminate()?;
             let deadline = Instant::now() + Duration::from_secs(60);

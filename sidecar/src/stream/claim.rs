@@ -33,58 +33,44 @@ impl Task {
             req,
         )
         .await?;
-        if method.mode == ResumeMode::Deliver {
-            wait_for_redis(&ctx, &method).await?;
-        } else {
-            wait_out_a_blip(&ctx, &method).await;
-        }
-        let claimed = claim(&ctx, &method, &call).await;
+        let claimed = claim(&ctx, &method, &call).await?;
         Ok(Task::new(ctx, method, claimed, call, Recipient::App))
     }
 }
 
-/// An `on_request` call that comes while Redis is down (an app calling again after a fault
-/// that took Redis with it) waits up to a `lease_ttl` for it: the job's stored offset is
-/// there, and a claim in memory would start the stream from its beginning and send the app
-/// everything again (the soak's finding 15: 5,165 messages twice after a Redis SIGKILL and a
-/// sidecar SIGTERM 1.2 s apart). A Redis restart or failover shorter than that is waited out;
-/// after it the call goes on in memory, as before.
-async fn wait_out_a_blip(ctx: &StreamCtx, method: &ResumableMethod) {
-    if !ctx.store.redis_down() {
-        return;
-    }
-    let limit = ctx.settings.lease_ttl;
-    tracing::info!(method = %method.name, limit = %humantime::format_duration(limit), "redis is down: the call waits for it before claiming its job in memory");
-    ctx.store.redis_back_within(limit).await;
-}
-
+/// Redis did not take the claim (it is down, or failed just now): the call waits for it, and
+/// whether it came back.
+///
+/// An `on_request` call waits up to a `lease_ttl`: the job's stored offset is there, and a
+/// claim in memory would start the stream from its beginning and send the app everything
+/// again (the soak's finding 15: 5,165 messages twice after a Redis SIGKILL and a sidecar
+/// SIGTERM 1.2 s apart; finding 21: the first call to find Redis gone claimed in memory at
+/// once). A Redis restart or failover shorter than that is waited out; after it the call goes
+/// on in memory.
+///
 /// A `deliver` job must be in Redis before its stream starts: the app counts on another pod
 /// delivering the rest if this sidecar dies, and a job only in this process's memory dies with
-/// it (the soak's finding 10). So while Redis is down the call waits for it, up to the method's
-/// `max_outage`, and then ends `UNAVAILABLE` before any response: an app calling again later
-/// loses nothing. An `on_request` job goes on in memory after a shorter wait instead
-/// ([`wait_out_a_blip`]): its app asks again itself.
-async fn wait_for_redis(ctx: &StreamCtx, method: &ResumableMethod) -> Result<(), Reply> {
-    if !ctx.store.redis_down() {
-        return Ok(());
-    }
-    tracing::info!(method = %method.name, "redis is down: a deliver-mode call waits for it before its stream starts");
-    if ctx.store.redis_back_within(method.max_outage).await {
-        return Ok(());
-    }
-    Err(super::reject(
-        crate::grpc::code::UNAVAILABLE,
-        format!(
-            "reprise: the job store (redis) is unreachable, and a deliver-mode job must be stored before its stream starts; waited max_outage ({:?})",
+/// it (the soak's finding 10). So its call waits up to the method's `max_outage`, and then
+/// ends `UNAVAILABLE` before any response: an app calling again later loses nothing.
+async fn wait_for_redis(ctx: &StreamCtx, method: &ResumableMethod) -> bool {
+    let limit = match method.mode {
+        ResumeMode::Deliver => {
+            tracing::info!(method = %method.name, "redis is down: a deliver-mode call waits for it before its stream starts");
             method.max_outage
-        ),
-    ))
+        }
+        ResumeMode::OnRequest => {
+            let limit = ctx.settings.lease_ttl;
+            tracing::info!(method = %method.name, limit = %humantime::format_duration(limit), "redis is down: the call waits for it before claiming its job in memory");
+            limit
+        }
+    };
+    ctx.store.redis_back_within(limit).await
 }
 
 /// Claims the job of `call`: under its own id, or under an independent one when a live owner
 /// (a task of this process whose app is still there, or another pod that renews its lease)
 /// serves the same request.
-async fn claim(ctx: &StreamCtx, method: &ResumableMethod, call: &Call) -> Claimed {
+async fn claim(ctx: &StreamCtx, method: &ResumableMethod, call: &Call) -> Result<Claimed, Reply> {
     let new_job = |job_id: &str| NewJob {
         job_id: job_id.to_owned(),
         service: ctx.settings.service.clone(),
@@ -97,6 +83,7 @@ async fn claim(ctx: &StreamCtx, method: &ResumableMethod, call: &Call) -> Claime
     };
     let mut job_id = call.base_id.clone();
     let mut waited_for_lease = false;
+    let mut waited_for_redis = false;
     let (backend, fence, stored) = loop {
         if let Some(active) = ctx.active.get(&job_id) {
             if active.app_gone.is_cancelled() || active.done.is_cancelled() {
@@ -108,7 +95,25 @@ async fn claim(ctx: &StreamCtx, method: &ResumableMethod, call: &Call) -> Claime
                 continue;
             }
         }
-        match ctx.store.claim(&new_job(&job_id)).await {
+        let claim = match ctx.store.claim(&new_job(&job_id)).await {
+            Some(claim) => claim,
+            None if !waited_for_redis => {
+                waited_for_redis = true;
+                wait_for_redis(ctx, method).await;
+                continue;
+            }
+            None if method.mode == ResumeMode::Deliver => {
+                return Err(super::reject(
+                    crate::grpc::code::UNAVAILABLE,
+                    format!(
+                        "reprise: the job store (redis) is unreachable, and a deliver-mode job must be stored before its stream starts; waited max_outage ({:?})",
+                        method.max_outage
+                    ),
+                ));
+            }
+            None => ctx.store.claim_in_memory(&new_job(&job_id)).await,
+        };
+        match claim {
             (
                 _,
                 Claim::Busy {
@@ -146,14 +151,14 @@ async fn claim(ctx: &StreamCtx, method: &ResumableMethod, call: &Call) -> Claime
     };
     let (stored, messages) = stored.unwrap_or((None, 0));
     let last = std::cmp::max(stored.clone(), own_resume_point(method, call));
-    Claimed {
+    Ok(Claimed {
         job: new_job(&job_id),
         fence,
         backend,
         moved: last != stored,
         last,
         messages,
-    }
+    })
 }
 
 /// Another owner runs the job: if it is dead its lease lapses and the job is ours; if it

@@ -166,8 +166,18 @@ impl Task {
         if let (Outcome::Completed(_), Some(_), Some(app), None) =
             (&outcome, &self.slot, &self.app_connection, self.ack())
         {
-            match read::end_read(&self.pipe, app, &self.app_gone, &self.ctx.interrupt).await {
-                EndRead::Read => {}
+            let began = Instant::now();
+            let read = read::end_read(&self.pipe, app, &self.app_gone, &self.ctx.interrupt).await;
+            let metrics = &self.ctx.metrics;
+            let labels = crate::metrics::OutcomeLabels {
+                outcome: read.label(),
+            };
+            metrics.end_reads.get_or_create(&labels).inc();
+            metrics
+                .end_read_wait_seconds
+                .inc_by(began.elapsed().as_secs_f64());
+            match read {
+                EndRead::Read { .. } => {}
                 EndRead::AppGone => outcome = Outcome::AppGone,
                 EndRead::Shutdown => outcome = Outcome::Shutdown,
             }
@@ -313,7 +323,7 @@ impl Task {
         let written = self
             .ctx
             .store
-            .finish(self.backend, &finish, job.as_ref())
+            .finish_call(self.backend, &finish, job.as_ref())
             .await;
         if written == Some(Write::Fenced) {
             tracing::warn!(job.id = %self.job_id, "final job state refused: another owner holds the job");

@@ -123,6 +123,17 @@ pub(super) enum HandedRead {
     NotRead { unacked: Option<u64> },
 }
 
+impl EndRead {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            EndRead::Read { waited: false } => "at_once",
+            EndRead::Read { waited: true } => "read",
+            EndRead::AppGone => "app_gone",
+            EndRead::Shutdown => "shutdown",
+        }
+    }
+}
+
 impl HandedRead {
     pub(super) fn label(self) -> &'static str {
         match self {
@@ -167,8 +178,9 @@ pub(super) async fn handed_read(pipe: &Pipe, app: &AppConnection, wait: Duration
 /// What a completed stream's wait for the app to read up to its end found.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum EndRead {
-    /// Read (or nothing can tell: a stream never given window back, or one not found).
-    Read,
+    /// Read (or nothing can tell: a stream never given window back, or one not found); at
+    /// once, or after a wait.
+    Read { waited: bool },
     /// The app's call went (its body was dropped: a cancel, or its connection closed).
     AppGone,
     /// The sidecar is shutting down: the handoff's wait takes over.
@@ -187,9 +199,12 @@ pub(super) async fn end_read(
     app_gone: &CancellationToken,
     interrupt: &CancellationToken,
 ) -> EndRead {
+    let mut waited = false;
     loop {
         match seen(pipe, app) {
-            Seen::Read | Seen::Unmeasured { .. } | Seen::Unknown => return EndRead::Read,
+            Seen::Read | Seen::Unmeasured { .. } | Seen::Unknown => {
+                return EndRead::Read { waited };
+            }
             Seen::Reading { .. } | Seen::Unwritten => {}
         }
         tokio::select! {
@@ -197,6 +212,7 @@ pub(super) async fn end_read(
             _ = interrupt.cancelled() => return EndRead::Shutdown,
             _ = tokio::time::sleep(READ_POLL) => {}
         }
+        waited = true;
     }
 }
 
